@@ -1,0 +1,28 @@
+# The README's two commands are `make run` and `make test`; both create .venv/ first if needed.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) tools/blocks.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	.venv/bin/ruff check visattn tools tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/mhsa_sdpa.py
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,43 @@
+"""Plug-in attention blocks, one per file, registered by name.
+
+Adding a block: write ``visattn/attention/<name>.py`` with a class decorated by
+``@register_attention("<name>")`` whose ``__init__`` takes ``channels`` first and keyword-only
+tunables after, and add one import line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from visattn.registry import ATTENTION
+
+register_attention = ATTENTION.register
+
+# One import line per block file (registration happens on import).
+from visattn.attention import identity as _identity  # noqa: E402,F401
+from visattn.attention import se as _se  # noqa: E402,F401
+from visattn.attention import eca as _eca  # noqa: E402,F401
+from visattn.attention import cbam as _cbam  # noqa: E402,F401
+from visattn.attention import stn as _stn  # noqa: E402,F401
+from visattn.attention import mhsa as _mhsa  # noqa: E402,F401
+
+
+def list_attention() -> list[str]:
+    """Sorted names of every registered attention block."""
+    return ATTENTION.names()
+
+
+def build_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
+    """Build the block registered as ``name`` for ``channels`` input channels.
+
+    Keyword arguments are the block's own tunables; an unknown one raises ``TypeError`` listing
+    the allowed ones, an invalid value raises ``ValueError`` naming the argument.
+    """
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
+    return ATTENTION.build(name, channels, **kwargs)
+
+
+__all__ = ["build_attention", "list_attention", "register_attention"]

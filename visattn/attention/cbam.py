@@ -1,0 +1,67 @@
+"""Convolutional Block Attention Module (Woo et al., 2018), as in the official code.
+
+Registered whole (``cbam``) and as its two halves (``channel_gate``, ``spatial_gate``).
+Parameters per block: 2*C*C/r + C/r + C (channel MLP) + 98 + 2 (7x7 conv, BatchNorm).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visattn.layers import require
+from visattn.registry import ATTENTION
+
+
+@ATTENTION.register("channel_gate")
+class ChannelGate(nn.Module):
+    """Shared MLP over the average- and max-pooled descriptors, summed, sigmoid."""
+
+    def __init__(self, channels: int, *, reduction: int = 16) -> None:
+        super().__init__()
+        require(isinstance(reduction, int) and reduction >= 1, "channel_gate", "reduction", "an int >= 1",
+                reduction)
+        hidden = channels // reduction
+        require(hidden >= 1, "channel_gate", "reduction", f"<= channels ({channels}) so the MLP has a hidden unit",
+                reduction)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean((2, 3)))  # (B, C)
+        mx = self.mlp(x.amax((2, 3)))  # (B, C)
+        return torch.sigmoid(avg + mx)[:, :, None, None]  # (B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.channel_weights(x)
+
+
+@ATTENTION.register("spatial_gate")
+class SpatialGate(nn.Module):
+    """Channel-wise max and mean, 7x7 conv (no bias), BatchNorm, sigmoid."""
+
+    def __init__(self, channels: int, *, kernel_size: int = 7) -> None:
+        super().__init__()
+        require(isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1,
+                "spatial_gate", "kernel_size", "an odd int >= 1", kernel_size)
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+
+    def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        return torch.sigmoid(self.bn(self.conv(pooled)))  # (B, 1, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.spatial_map(x)
+
+
+@ATTENTION.register("cbam")
+class CBAM(nn.Module):
+    """Channel gate, then spatial gate."""
+
+    def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.channel_gate = ChannelGate(channels, reduction=reduction)
+        self.spatial_gate = SpatialGate(channels, kernel_size=kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial_gate(self.channel_gate(x))

@@ -1,0 +1,44 @@
+"""Efficient Channel Attention (Wang et al., 2020)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from visattn.layers import require
+from visattn.registry import ATTENTION
+
+
+def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
+    """The paper's adaptive kernel: |log2(C)/gamma + beta/gamma|, made odd, at least 3."""
+    t = int(abs(math.log2(channels) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+@ATTENTION.register("eca")
+class EfficientChannelAttention(nn.Module):
+    """Global average pool, 1D conv (no bias) across channels, sigmoid gate."""
+
+    def __init__(
+        self, channels: int, *, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0
+    ) -> None:
+        super().__init__()
+        require(gamma > 0, "eca", "gamma", "> 0", gamma)
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(channels, gamma, beta)
+        require(
+            isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1,
+            "eca", "kernel_size", "an odd int >= 1 (or None for the adaptive size)", kernel_size,
+        )
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
+        return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.channel_weights(x)

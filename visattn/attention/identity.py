@@ -1,0 +1,20 @@
+"""The ``none`` block: the baseline of every ablation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visattn.registry import ATTENTION
+
+
+@ATTENTION.register("none")
+class NoAttention(nn.Module):
+    """Returns its input; lets a sweep name the baseline like any other block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

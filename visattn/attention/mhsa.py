@@ -1,0 +1,105 @@
+"""Multi-head self-attention over the H*W positions of a feature map, with a 2D positional encoding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visattn.layers import require
+from visattn.registry import ATTENTION
+
+POS_ENCODINGS = ("sinusoidal", "learned", "none")
+
+
+def default_heads(channels: int, max_heads: int = 8, min_head_dim: int = 16) -> int:
+    """Up to ``max_heads`` heads of at least ``min_head_dim`` channels each, dividing ``channels``."""
+    limit = max(1, min(max_heads, channels // min_head_dim))
+    return max(h for h in range(1, limit + 1) if channels % h == 0)
+
+
+def sinusoidal_2d(channels: int, height: int, width: int, *, device=None, dtype=None) -> torch.Tensor:
+    """Fixed 2D sine/cosine encoding (C, H, W): a quarter of the channels each for sin/cos of y and x."""
+    quarter = channels // 4
+    out = torch.zeros(channels, height, width, device=device, dtype=torch.float32)
+    if quarter > 0:
+        freq = torch.exp(
+            torch.arange(quarter, device=device, dtype=torch.float32) * (-math.log(10000.0) / quarter)
+        )  # (C/4,)
+        ys = torch.arange(height, device=device, dtype=torch.float32)[:, None] * freq  # (H, C/4)
+        xs = torch.arange(width, device=device, dtype=torch.float32)[:, None] * freq  # (W, C/4)
+        out[0 * quarter:1 * quarter] = ys.sin().t()[:, :, None].expand(quarter, height, width)
+        out[1 * quarter:2 * quarter] = ys.cos().t()[:, :, None].expand(quarter, height, width)
+        out[2 * quarter:3 * quarter] = xs.sin().t()[:, None, :].expand(quarter, height, width)
+        out[3 * quarter:4 * quarter] = xs.cos().t()[:, None, :].expand(quarter, height, width)
+    return out.to(dtype or torch.float32)
+
+
+@ATTENTION.register("mhsa")
+class MultiHeadSelfAttention2d(nn.Module):
+    """Returns ``x + proj(SDPA(q, k, v))`` over all positions; ``proj`` starts at zero, so the block starts as identity.
+
+    ``qkv`` and ``proj`` are laid out as ``nn.MultiheadAttention``'s ``in_proj`` and ``out_proj``. The
+    positional encoding is added to the tokens before the projections. ``heads=None`` picks up to 8
+    heads of at least 16 channels each.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        heads: int | None = None,
+        pos_encoding: str = "sinusoidal",
+        learned_size: int = 16,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if heads is None:
+            heads = default_heads(channels)
+        require(isinstance(heads, int) and heads >= 1 and channels % heads == 0, "mhsa", "heads",
+                f"a positive divisor of channels={channels}", heads)
+        require(pos_encoding in POS_ENCODINGS, "mhsa", "pos_encoding", f"one of {list(POS_ENCODINGS)}",
+                pos_encoding)
+        require(isinstance(learned_size, int) and learned_size >= 1, "mhsa", "learned_size", "an int >= 1",
+                learned_size)
+        require(0.0 <= dropout < 1.0, "mhsa", "dropout", "in [0, 1)", dropout)
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.pos_encoding = pos_encoding
+        self.dropout = dropout
+        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        if pos_encoding == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(1, channels, learned_size, learned_size) * 0.02)
+
+    def position(self, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
+        if self.pos_encoding == "sinusoidal":
+            return sinusoidal_2d(channels, height, width, device=like.device, dtype=like.dtype)[None]
+        if self.pos_encoding == "learned":
+            return F.interpolate(self.pos_embed, size=(height, width), mode="bilinear", align_corners=False)
+        return None
+
+    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Self-attention over (B, N, C) tokens, without the residual."""
+        batch, length, channels = tokens.shape
+        qkv = self.qkv(tokens).view(batch, length, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
+        out = out.transpose(1, 2).reshape(batch, length, channels)  # (B, N, C)
+        return self.proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        feats = x
+        pos = self.position(channels, height, width, x)
+        if pos is not None:
+            feats = feats + pos.to(x.dtype)
+        tokens = feats.flatten(2).transpose(1, 2)  # (B, N, C)
+        out = self.attend(tokens)  # (B, N, C)
+        return x + out.transpose(1, 2).reshape(batch, channels, height, width)

@@ -1,0 +1,34 @@
+"""Squeeze-and-Excitation (Hu et al., 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visattn.layers import make_divisible, require
+from visattn.registry import ATTENTION
+
+
+@ATTENTION.register("se")
+class SqueezeExcite(nn.Module):
+    """Global average pool, 1x1 conv C -> C/r, ReLU, 1x1 conv C/r -> C, sigmoid gate.
+
+    The reduced width is ``channels / reduction`` rounded to a multiple of ``divisor`` as timm's
+    ``SEModule`` does, so weights copy one-to-one (``fc1``, ``fc2``).
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 16, divisor: int = 8) -> None:
+        super().__init__()
+        require(isinstance(reduction, int) and reduction >= 1, "se", "reduction", "an int >= 1", reduction)
+        require(isinstance(divisor, int) and divisor >= 1, "se", "divisor", "an int >= 1", divisor)
+        hidden = make_divisible(channels / reduction, divisor, round_limit=0.0)
+        self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=True)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
+
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        return torch.sigmoid(self.fc2(self.act(self.fc1(squeezed))))  # (B, C, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.channel_weights(x)

@@ -1,0 +1,13 @@
+"""Registered backbones. Backbones never import attention code: they declare ``AttentionSlot``s."""
+
+from visattn.backbones import resnet as _resnet  # noqa: F401
+from visattn.backbones.base import Backbone, StageInfo
+from visattn.registry import BACKBONES
+
+
+def list_backbones() -> list[str]:
+    """Sorted names of every registered backbone."""
+    return BACKBONES.names()
+
+
+__all__ = ["Backbone", "StageInfo", "list_backbones"]

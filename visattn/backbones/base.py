@@ -1,0 +1,47 @@
+"""What every backbone reports: its stages (channels, stride) and a split of forward into features and head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage output: the module that produces it, its channel count and its stride to the input."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+class Backbone(nn.Module):
+    """Base class of registered backbones.
+
+    Subclasses set ``stage_info`` and ``classifier_name`` (the module path of the final classifier,
+    re-initialised when a pretrained file has another class count) and implement
+    ``forward_stages`` (one (B, C, H, W) map per stage) and ``forward_features`` / ``forward_head``.
+    """
+
+    stage_info: list[StageInfo]
+    classifier_name: str
+    num_classes: int
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` if this backbone cannot take an image of this size."""
+        if height < 1 or width < 1:
+            raise ValueError(f"{type(self).__name__}: image size must be positive, got {height}x{width}")
