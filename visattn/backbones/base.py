@@ -41,6 +41,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @classmethod
+    def convert_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a timm/torchvision state dict of the same architecture to this module's key names."""
+        return dict(state_dict)
+
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if this backbone cannot take an image of this size."""
         if height < 1 or width < 1:

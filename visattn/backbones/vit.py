@@ -1,0 +1,1 @@
+"""Vision Transformer (placeholder until written)."""
