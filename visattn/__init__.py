@@ -1,7 +1,26 @@
 """visattn: plug-in attention blocks for vision backbones."""
 
 from visattn.attention import build_attention, list_attention
+from visattn.backbones import list_backbones
+from visattn.build import build_model, fill_slots, list_slots, load_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["build_attention", "list_attention"]
+
+def count(model, *, input_size=(1, 3, 224, 224), device=None):  # noqa: ANN001, ANN201
+    """Params, MACs and FLOPs of ``model`` at ``input_size``; see :func:`visattn.complexity.count`."""
+    from visattn.complexity import count as _count
+
+    return _count(model, input_size=input_size, device=device)
+
+
+__all__ = [
+    "build_attention",
+    "build_model",
+    "count",
+    "fill_slots",
+    "list_attention",
+    "list_backbones",
+    "list_slots",
+    "load_pretrained",
+]

@@ -37,7 +37,12 @@ def build_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     """
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
         raise ValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
-    return ATTENTION.build(name, channels, **kwargs)
+    try:
+        return ATTENTION.build(name, channels, **kwargs)
+    except ValueError as err:
+        if str(err).startswith(f"{name}:"):
+            raise
+        raise ValueError(f"{name}: {err}") from err  # a sub-module's message, e.g. cbam's channel_gate
 
 
 __all__ = ["build_attention", "list_attention", "register_attention"]
