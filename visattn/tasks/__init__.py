@@ -1,0 +1,3 @@
+from visattn.tasks.classify import ClassificationModule
+
+__all__ = ["ClassificationModule"]

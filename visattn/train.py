@@ -1,0 +1,208 @@
+"""Train one run: config -> run directory with config.yaml, checkpoints, logs and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from visattn.config import ConfigError, TrainConfig, attn_label, save_config
+from visattn.registry import check_kwargs
+from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, ThroughputMonitor
+
+CHECKPOINTS = "checkpoints"
+
+
+def is_launched_child() -> bool:
+    """True in the extra processes a DDP launcher starts (they must not touch the run directory's set-up)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+@dataclass
+class PreparedRun:
+    config: TrainConfig
+    run_dir: Path
+    datamodule: L.LightningDataModule
+    module: L.LightningModule
+    trainer: L.Trainer
+    throughput: ThroughputMonitor
+    resume_from: Path | None
+
+
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
+    run_dir = Path(config.out) / config.run_name()
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    if is_launched_child():
+        return run_dir, (last if config.resume and last.is_file() else None)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if config.overwrite:
+            shutil.rmtree(run_dir)
+        elif not config.resume:
+            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
+                              "--overwrite to replace it, or --name to choose another")
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last if config.resume and last.is_file() else None
+    if config.resume and resume_from is None:
+        print(f"visattn: no {last} to resume from; starting {run_dir} from scratch", file=sys.stderr)
+    save_config(config, run_dir / "config.yaml")
+    return run_dir, resume_from
+
+
+def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
+    if config.task == "detect":
+        from visattn.data.detect import DetectionDataModule as DataModule
+    else:
+        from visattn.data import ClassificationDataModule as DataModule
+    args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
+                num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
+                limit=config.limit, skip_bad_images=config.skip_bad_images)
+    check_kwargs(f"data set {config.data!r} (data_args)", DataModule, {**config.data_args})
+    datamodule = DataModule(**args, **config.data_args)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
+    from visattn.build import build_model
+
+    common = dict(lr=config.lr, weight_decay=config.weight_decay, optimizer=config.optimizer,
+                  momentum=config.momentum, warmup_epochs=config.warmup_epochs)
+    if config.task == "detect":
+        from visattn.detect import build_detector
+        from visattn.tasks.detect import DetectionModule
+
+        model = build_detector(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
+                               neck=config.neck, scale=config.scale, img_size=config.img_size,
+                               pretrained=config.pretrained, backbone_args=config.backbone_args)
+        return DetectionModule(model, num_classes=datamodule.num_classes, img_size=config.img_size, **common)
+    from visattn.tasks.classify import ClassificationModule
+
+    model = build_model(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
+                        in_chans=datamodule.in_chans, img_size=config.img_size, pretrained=config.pretrained,
+                        backbone_args=config.backbone_args)
+    return ClassificationModule(model, num_classes=datamodule.num_classes, img_size=config.img_size,
+                                in_chans=datamodule.in_chans, label_smoothing=config.label_smoothing, **common)
+
+
+def monitor_metric(config: TrainConfig) -> str:
+    return "val/map" if config.task == "detect" else "val/acc"
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
+    throughput = ThroughputMonitor()
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor=monitor_metric(config), mode="max",
+                        save_top_k=1, save_last=True, enable_version_counter=False),
+        LearningRateMonitor(logging_interval="epoch"),
+        throughput,
+    ]
+    if config.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor_metric(config), mode="max", patience=config.early_stopping))
+    if config.visualize_every:
+        from visattn.viz.callback import AttentionFigures
+
+        callbacks.append(AttentionFigures(every_n_epochs=config.visualize_every, out_dir=run_dir / "figures"))
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(run_dir, name="tb", version=""))
+    except ImportError:
+        pass
+    progress = sys.stdout.isatty()
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar())
+    else:
+        callbacks.append(EpochSummary())
+    trainer_args: dict[str, Any] = dict(
+        default_root_dir=run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
+        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision, logger=loggers,
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
+        enable_model_summary=False, log_every_n_steps=10,
+        # the sanity check would draw from the global RNG that a resumed run has just restored
+        num_sanity_val_steps=0 if resuming else 2,
+    )
+    check_kwargs("trainer", L.Trainer, config.trainer)
+    trainer_args.update(config.trainer)
+    return L.Trainer(**trainer_args), throughput
+
+
+def prepare(config: TrainConfig) -> PreparedRun:
+    """Everything before the first step; every user error surfaces here, before any training."""
+    run_dir, resume_from = prepare_run_dir(config)
+    try:
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(config)
+        module = build_module(config, datamodule)
+        trainer, throughput = build_trainer(config, run_dir, resuming=resume_from is not None)
+    except Exception:
+        if resume_from is None and not is_launched_child() and not (run_dir / CHECKPOINTS).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing half-made behind
+        raise
+    return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
+
+
+def fit(prepared: PreparedRun) -> dict[str, Any]:
+    """Train, test the best checkpoint, write metrics.json; returns its content."""
+    config, trainer, module = prepared.config, prepared.trainer, prepared.module
+    torch_threads = torch.get_num_threads()
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=prepared.datamodule,
+                ckpt_path=str(prepared.resume_from) if prepared.resume_from else None)
+    train_time = time.perf_counter() - start
+    best = prepared.run_dir / CHECKPOINTS / "best.ckpt"
+    test_results = trainer.test(module, datamodule=prepared.datamodule,
+                                ckpt_path=str(best) if best.is_file() else None, verbose=False)
+    test = {k.split("/", 1)[1]: float(v) for k, v in (test_results[0] if test_results else {}).items()}
+    history = prepared.throughput.history
+    metrics = {
+        "task": config.task,
+        "backbone": config.backbone,
+        "attn": attn_label(config.attn),
+        "data": config.data,
+        "params": module.complexity.get("params"),
+        "macs": module.complexity.get("macs"),
+        "img_size": config.img_size,
+        "epochs": config.epochs,
+        "epochs_run": trainer.current_epoch,
+        "seed": config.seed,
+        "test": test,
+        "best_val": float(trainer.checkpoint_callback.best_model_score or float("nan"))
+        if trainer.checkpoint_callback else None,
+        "train_time_s": train_time,
+        "resumed": prepared.resume_from is not None,
+        "throughput_img_s": sum(h["throughput_img_s"] for h in history) / len(history) if history else None,
+        "data_wait_frac": sum(h["data_wait_frac"] for h in history) / len(history) if history else None,
+        "torch_threads": torch_threads,
+        "device": str(module.device),
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(prepared.run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Prepare and fit one run; the library entry point behind ``tools/train.py``."""
+    return fit(prepare(config))
