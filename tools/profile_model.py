@@ -1,22 +1,17 @@
 """Profile a model: parameters, MACs (FLOPs = 2 x MACs), what each attention block adds, and latency.
 
-Example: python tools/profile.py --backbone resnet50 --attn se --img-size 224 --batch-size 1
+(Not named ``profile.py``: a script there would shadow the stdlib ``profile`` module that torch imports.)
+
+Example: python tools/profile_model.py --backbone resnet50 --attn se --img-size 224 --batch-size 1
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-# This file is named like the stdlib ``profile`` (which cProfile, imported by torch, needs): drop the
-# script's own folder from the import path so ``import profile`` still finds the stdlib module.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import torch
 
-import torch  # noqa: E402
-
-from visattn.complexity import count, measure_latency  # noqa: E402
+from visattn.complexity import count, measure_latency
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
