@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from visattn.registry import BACKBONES, check_kwargs, did_you_mean, keyword_name
 
 logger = logging.getLogger("visattn")
 
-AttnSpec = Union[None, str, Mapping[str, Any], Sequence[Union[str, Mapping[str, Any]]]]
+AttnSpec = str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None
 SPEC_KEYS = ("block", "at", "args")
 
 

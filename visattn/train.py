@@ -122,9 +122,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         callbacks.append(AttentionFigures(every_n_epochs=config.visualize_every, out_dir=run_dir / "figures"))
     loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(run_dir, name="tb", version=""))
     except ImportError:

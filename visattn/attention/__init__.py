@@ -16,12 +16,12 @@ from visattn.registry import ATTENTION
 register_attention = ATTENTION.register
 
 # One import line per block file (registration happens on import).
-from visattn.attention import identity as _identity  # noqa: E402,F401
-from visattn.attention import se as _se  # noqa: E402,F401
-from visattn.attention import eca as _eca  # noqa: E402,F401
 from visattn.attention import cbam as _cbam  # noqa: E402,F401
-from visattn.attention import stn as _stn  # noqa: E402,F401
+from visattn.attention import eca as _eca  # noqa: E402,F401
+from visattn.attention import identity as _identity  # noqa: E402,F401
 from visattn.attention import mhsa as _mhsa  # noqa: E402,F401
+from visattn.attention import se as _se  # noqa: E402,F401
+from visattn.attention import stn as _stn  # noqa: E402,F401
 
 
 def list_attention() -> list[str]:
