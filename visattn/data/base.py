@@ -1,0 +1,167 @@
+"""Shared pieces of the data layer: the error class, split helpers, in-memory data set, vectorised resize."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from visattn.layers.helpers import require
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Fixed seed of every built-in split, independent of the training seed: the test set never moves.
+SPLIT_SEED = 20_240_917
+Transform = Callable[..., dict[str, Any]]  # an albumentations Compose: transform(image=hwc_uint8)["image"]
+
+
+class DataError(ValueError):
+    """Any problem with a data set's location, layout, content or options."""
+
+
+def check(ok: bool, owner: str, arg: str, allowed: str, value: object) -> None:
+    """``visattn.layers.require`` that raises ``DataError``."""
+    try:
+        require(ok, owner, arg, allowed, value)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+
+
+def nearest(name: str, choices: Sequence[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_options(owner: str, options: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    """Reject unknown option keys, naming the nearest valid one and listing all of them."""
+    for key in options:
+        if key not in allowed:
+            raise DataError(
+                f"{owner}: unknown option {key!r}.{nearest(str(key), allowed)} "
+                f"Valid options: {', '.join(allowed) or '(none)'}."
+            )
+
+
+def stratified_split(
+    labels: np.ndarray, *, val_ratio: float, test_ratio: float, seed: int = SPLIT_SEED
+) -> dict[str, np.ndarray]:
+    """Per-class shuffled split into train/val/test index arrays (each then shuffled once more).
+
+    Each class gives ``round(n * ratio)`` samples to val and test, at least one when the ratio is
+    positive and the class has three or more samples; train always keeps at least one.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(idx)
+        n_val, n_test = round(n * val_ratio), round(n * test_ratio)
+        if n >= 3:
+            n_val = max(n_val, 1 if val_ratio > 0 else 0)
+            n_test = max(n_test, 1 if test_ratio > 0 else 0)
+        while n_val + n_test > n - 1 and (n_val or n_test):
+            if n_val >= n_test:
+                n_val -= 1
+            else:
+                n_test -= 1
+        parts["val"].append(idx[:n_val])
+        parts["test"].append(idx[n_val : n_val + n_test])
+        parts["train"].append(idx[n_val + n_test :])
+    return {s: rng.permutation(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
+
+
+def resize_images(images: np.ndarray, size: int, *, chunk: int = 1024) -> np.ndarray:
+    """Resize a uint8 batch (N, H, W) or (N, H, W, C) to ``size`` x ``size``, bilinear (antialiased down)."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    grey = images.ndim == 3
+    out = np.empty((len(images), size, size, *(() if grey else images.shape[3:])), np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start : start + chunk].astype(np.float32))  # copy: input may be read-only
+        x = x[:, None] if grey else x.permute(0, 3, 1, 2)  # (n, C, H, W)
+        down = size < images.shape[1]
+        y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
+        y = y.round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + chunk] = (y[:, 0] if grey else y.permute(0, 2, 3, 1)).numpy()  # (n, S, S[, C])
+    return out
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1) grey -> (H, W, 3); RGB passes through."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return np.ascontiguousarray(np.repeat(image, 3, axis=2)) if image.shape[2] == 1 else image
+
+
+@dataclass(eq=False)
+class ArrayDataset(Dataset):
+    """In-memory images (uint8, (N, H, W) grey or (N, H, W, 3) RGB) with int labels and optional boxes.
+
+    ``boxes[i]`` is ``(x0, y0, x1, y1)`` in the stored image's pixels, ``x1``/``y1`` exclusive.
+    Grey images are replicated to 3 channels per sample (cheap) rather than stored three times.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray | None = None
+    transform: Transform | None = None
+
+    def __post_init__(self) -> None:
+        n_boxes = len(self.labels) if self.boxes is None else len(self.boxes)
+        if not len(self.images) == len(self.labels) == n_boxes:
+            raise DataError(
+                f"ArrayDataset: images ({len(self.images)}), labels ({len(self.labels)}) and boxes "
+                f"({'none' if self.boxes is None else len(self.boxes)}) must have the same length."
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw(self, index: int) -> np.ndarray:
+        """The stored image as uint8 (H, W, 3), without any transform."""
+        return to_rgb(self.images[index])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.raw(index)
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return image, int(self.labels[index])
+
+    def subset(self, n: int | None) -> ArrayDataset:
+        """The first ``n`` samples (all when ``n`` is None), sharing memory."""
+        if n is None or n >= len(self):
+            return self
+        boxes = None if self.boxes is None else self.boxes[:n]
+        return ArrayDataset(self.images[:n], self.labels[:n], boxes, self.transform)
+
+    def with_transform(self, transform: Transform | None) -> ArrayDataset:
+        return ArrayDataset(self.images, self.labels, self.boxes, transform)
+
+    def resized(self, size: int) -> ArrayDataset:
+        """Resized once to ``size`` x ``size`` with boxes scaled to match."""
+        h, w = self.images.shape[1:3]
+        boxes = None
+        if self.boxes is not None:
+            scale = np.array([size / w, size / h, size / w, size / h], np.float32)
+            boxes = (self.boxes * scale).astype(np.float32)
+        return ArrayDataset(resize_images(self.images, size), self.labels, boxes, self.transform)
+
+
+@dataclass
+class DataSource:
+    """Everything a loader returns: the three splits, class names and per-data-set augmentation defaults."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, Dataset]  # "train" / "val" / "test" -> ArrayDataset or ImageFileDataset
+    hflip: bool  # may images be mirrored without changing their class?
+    scale_min: float  # default lower bound of RandomResizedCrop's area fraction
+    in_chans: int = 3
+    skipped: list[Path] = field(default_factory=list)  # undecodable files left out (imagefolder)

@@ -1,0 +1,235 @@
+"""``ClassificationDataModule``: any registered data set -> augmented, seeded Lightning data loaders."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from visattn.data.base import SPLITS, ArrayDataset, DataError, DataSource, check, check_options, nearest
+from visattn.data.folders import ImageFileDataset
+from visattn.data.transforms import (
+    AugmentConfig,
+    build_eval_transform,
+    build_train_transform,
+    resolve_augment,
+    seed_worker,
+)
+from visattn.registry import DATASETS, keyword_names
+
+# Arguments of the data module that go to a data set's loader only when that loader declares them.
+_SHARED = ("data_dir", "val_ratio", "test_ratio", "skip_bad_images")
+PRE_RESIZE_BUDGET = 1 << 30  # bytes: in-memory sets are resized once to img_size when they fit in this
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity-aware where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_num_workers() -> int:
+    """One worker per spare core, at most 2; 0 (load in the main process) on a single core.
+
+    A worker runs single-threaded (torch sets 1 thread, ``seed_worker`` 1 cv2 thread) and is idle most
+    of the time for the small in-memory sets, so it does not compete much with the training threads.
+    """
+    return max(0, min(2, available_cpus() - 1))
+
+
+@dataclass(frozen=True)
+class RawSamples:
+    """Un-normalised samples for visualisation."""
+
+    images: np.ndarray  # (n, S, S, 3) uint8, resized to the data module's img_size
+    labels: np.ndarray  # (n,) int64
+    boxes: np.ndarray | None  # (n, 4) float32 (x0, y0, x1, y1) in these images' pixels, or None
+    class_names: list[str]
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train/val/test loaders for a registered data set (see ``list_datasets()``).
+
+    ``data_dir``, ``val_ratio``, ``test_ratio`` and ``skip_bad_images`` apply to the data sets that
+    take them (an explicit value for one that does not raises); ``dataset_options`` are the data set's
+    own options (e.g. ``{"n_train": 2000}`` for cluttered-digits). ``limit`` keeps the first N samples
+    of every split. ``num_workers=None`` picks ``default_num_workers()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        data_dir: str | os.PathLike[str] | None = None,
+        img_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        seed: int = 0,
+        augment: AugmentConfig | Mapping[str, Any] | None = None,
+        skip_bad_images: bool = False,
+        limit: int | None = None,
+        val_ratio: float | None = None,
+        test_ratio: float | None = None,
+        dataset_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        try:
+            self._loader_fn = DATASETS.get(name)
+        except (KeyError, TypeError) as err:
+            raise DataError(str(err.args[0])) from None
+        owner = "ClassificationDataModule"
+
+        def is_int(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        check(is_int(img_size) and 8 <= img_size <= 4096, owner, "img_size", "an int in 8..4096", img_size)
+        check(is_int(batch_size) and batch_size >= 1, owner, "batch_size", "an int >= 1", batch_size)
+        ok = num_workers is None or (is_int(num_workers) and num_workers >= 0)
+        check(ok, owner, "num_workers", "None (automatic) or an int >= 0", num_workers)
+        check(is_int(seed) and seed >= 0, owner, "seed", "an int >= 0", seed)
+        check(isinstance(skip_bad_images, bool), owner, "skip_bad_images", "a bool", skip_bad_images)
+        check(limit is None or (is_int(limit) and limit >= 1), owner, "limit", "None or an int >= 1", limit)
+        ok = dataset_options is None or isinstance(dataset_options, Mapping)
+        check(ok, owner, "dataset_options", "None or a mapping", dataset_options)
+
+        accepted = keyword_names(self._loader_fn)
+        shared = {"data_dir": data_dir, "val_ratio": val_ratio, "test_ratio": test_ratio}
+        shared["skip_bad_images"] = skip_bad_images or None
+        for arg, value in shared.items():
+            if value is not None and arg not in accepted:
+                takes = [a for a in _SHARED if a in accepted]
+                raise DataError(
+                    f"data set {name!r} does not use {arg} (got {value!r}); it takes "
+                    f"{', '.join(takes) or 'none of data_dir, val_ratio, test_ratio, skip_bad_images'}."
+                )
+        options = dict(dataset_options or {})
+        check_options(f"data set {name!r}", options, [a for a in accepted if a not in _SHARED])
+        self._loader_kwargs = {**{k: v for k, v in shared.items() if v is not None}, **options}
+
+        self.name = name
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.seed = seed
+        self.augment = resolve_augment(augment)
+        self.limit = limit
+        self._source: DataSource | None = None
+        self._datasets: dict[str, Dataset] = {}
+        self._generator = torch.Generator()
+
+    # ---------------------------------------------------------------- loading
+    def _load(self) -> DataSource:
+        if self._source is None:
+            source = self._loader_fn(**self._loader_kwargs)
+            if source.skipped:
+                warnings.warn(
+                    f"data set {self.name!r}: skipped {len(source.skipped)} undecodable image file(s), "
+                    f"e.g. {source.skipped[0]}.",
+                    stacklevel=2,
+                )
+            self._source = source
+        return self._source
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load (once), pre-resize in-memory sets to ``img_size`` and attach the transforms."""
+        if self._datasets:
+            return
+        source = self._load()
+        size, cfg = self.img_size, self.augment
+        arrays = [d for d in source.splits.values() if isinstance(d, ArrayDataset)]
+        resized_bytes = sum(len(d) * size * size * (1 if d.images.ndim == 3 else 3) for d in arrays)
+        train_tf = build_train_transform(
+            cfg, img_size=size, hflip_default=source.hflip, scale_min_default=source.scale_min, seed=self.seed
+        )
+        eval_tf = build_eval_transform(img_size=size, mean=cfg.mean, std=cfg.std)
+        for split in SPLITS:
+            ds = source.splits[split]
+            if isinstance(ds, ArrayDataset) and resized_bytes <= PRE_RESIZE_BUDGET:
+                ds = ds.subset(self.limit).resized(size)  # once, so per-sample work stays minimal
+            elif isinstance(ds, ImageFileDataset):
+                ds = ImageFileDataset(ds.paths, ds.labels, draft_size=2 * size).subset(self.limit)
+            else:
+                ds = ds.subset(self.limit)
+            self._datasets[split] = ds.with_transform(train_tf if split == "train" else eval_tf)
+        self._generator.manual_seed(self.seed)
+
+    def dataset(self, split: str) -> Dataset:
+        """The transformed data set of ``split`` ("train", "val" or "test")."""
+        if split not in SPLITS:
+            hint = nearest(str(split), SPLITS)
+            raise DataError(f"unknown split {split!r}.{hint} Valid splits: train, val, test.")
+        self.setup()
+        return self._datasets[split]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._load().class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._load().class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return self._load().in_chans
+
+    @property
+    def skipped_images(self) -> int:
+        """How many undecodable files were left out (``skip_bad_images=True``)."""
+        return len(self._load().skipped)
+
+    # ------------------------------------------------------------ dataloaders
+    def _dataloader(self, split: str) -> DataLoader:
+        ds = self.dataset(split)
+        train = split == "train"
+        workers = self.num_workers
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > self.batch_size,  # no 1-sample last batch for BatchNorm
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker if workers > 0 else None,
+            generator=self._generator if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader("test")
+
+    # ---------------------------------------------------------- visualisation
+    def raw_samples(self, split: str, n: int) -> RawSamples:
+        """The first ``n`` samples of ``split`` as uint8 (n, img_size, img_size, 3), labels and boxes."""
+        check(isinstance(n, int) and n >= 1, "raw_samples", "n", "an int >= 1", n)
+        ds = self.dataset(split)
+        n = min(n, len(ds))
+        size = self.img_size
+        images = np.zeros((n, size, size, 3), np.uint8)
+        boxes = None if ds.boxes is None else np.array(ds.boxes[:n], np.float32)  # (n, 4)
+        for i in range(n):
+            img = ds.raw(i)  # (H, W, 3)
+            h, w = img.shape[:2]
+            if (h, w) != (size, size):
+                interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+                img = cv2.resize(img, (size, size), interpolation=interp)
+                if boxes is not None:
+                    boxes[i] *= np.array([size / w, size / h, size / w, size / h], np.float32)
+            images[i] = img
+        labels = np.asarray(ds.labels[:n], np.int64)
+        return RawSamples(images=images, labels=labels, boxes=boxes, class_names=self.class_names)
