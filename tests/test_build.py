@@ -103,8 +103,8 @@ def test_errors_name_the_problem_and_the_choices():
     assert "layer4.slot" in str(info.value)
     with pytest.raises(ValueError, match="filled twice"):
         visattn.build_model("resnet18", attn=[{"block": "se", "at": "layer4.*"}, {"block": "eca", "at": "layer4.0.*"}])
-    with pytest.raises(ValueError, match="cannot put 'cbam' in slot 'input'"):
-        visattn.build_model("resnet18", attn={"block": "cbam", "at": "input"})
+    with pytest.raises(ValueError, match="cannot put 'mhsa' in slot 'input' \\(3 channels\\)"):
+        visattn.build_model("resnet18", attn={"block": "mhsa", "at": "input", "args": {"heads": 8}})
     with pytest.raises(KeyError, match="Did you mean 'at'"):
         visattn.build_model("resnet18", attn={"block": "se", "att": "input"})
     with pytest.raises(KeyError, match="unknown attention block 'sse'"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import torch
 
 from visattn.cli import train_main
 from visattn.config import ConfigError, make_config
-from visattn.train import train
+from visattn.train import read_metrics_csv, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -36,8 +35,7 @@ def quick(tmp_path: Path, **overrides):
 
 
 def epoch_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_metrics_csv(run_dir)
     return [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
 
 
@@ -94,6 +92,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert resumed["resumed"] is True
     assert resumed["test"]["acc"] == reference["test"]["acc"]
     assert resumed["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-5)
+    assert len(epoch_losses(run_dir)) >= 3  # the rows logged before the kill are kept
     straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     again = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
     for key, value in straight.items():

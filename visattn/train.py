@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -74,8 +75,11 @@ def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
     args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
                 num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
                 limit=config.limit, skip_bad_images=config.skip_bad_images)
-    check_kwargs(f"data set {config.data!r} (data_args)", DataModule, {**config.data_args})
-    datamodule = DataModule(**args, **config.data_args)
+    if config.task == "detect":
+        check_kwargs(f"data set {config.data!r} (data_args)", DataModule, config.data_args)
+        datamodule = DataModule(**args, **config.data_args)
+    else:
+        datamodule = DataModule(**args, dataset_options=config.data_args or None)
     datamodule.setup("fit")
     return datamodule
 
@@ -106,11 +110,36 @@ def monitor_metric(config: TrainConfig) -> str:
     return "val/map" if config.task == "detect" else "val/acc"
 
 
+def keep_previous_logs(run_dir: Path) -> None:
+    """Lightning's CSV logger starts its file anew; a resumed run keeps the earlier rows as ``metrics.partN.csv``."""
+    current = run_dir / "logs" / "metrics.csv"
+    if current.is_file():
+        part = len(list(current.parent.glob("metrics.part*.csv")))
+        os.replace(current, current.with_name(f"metrics.part{part}.csv"))
+
+
+def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
+    """All logged rows of a run (earlier parts of a resumed run first), one row per logging call."""
+    logs = Path(run_dir) / "logs"
+    files = sorted(logs.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    rows: list[dict[str, str]] = []
+    for path in [*files, logs / "metrics.csv"]:
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+    return rows
+
+
 def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
+    if resuming and not is_launched_child():
+        keep_previous_logs(run_dir)
     throughput = ThroughputMonitor()
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor=monitor_metric(config), mode="max",
-                        save_top_k=1, save_last=True, enable_version_counter=False),
+                        save_top_k=1, enable_version_counter=False),
+        # Lightning's save_last only writes when a best checkpoint is written; resume needs one every epoch
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         throughput,
     ]
@@ -188,8 +217,7 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "epochs_run": trainer.current_epoch,
         "seed": config.seed,
         "test": test,
-        "best_val": float(trainer.checkpoint_callback.best_model_score or float("nan"))
-        if trainer.checkpoint_callback else None,
+        "best_val": float(trainer.checkpoint_callback.best_model_score or float("nan")),
         "train_time_s": train_time,
         "resumed": prepared.resume_from is not None,
         "throughput_img_s": sum(h["throughput_img_s"] for h in history) / len(history) if history else None,

@@ -15,15 +15,13 @@ from visattn.registry import ATTENTION
 
 @ATTENTION.register("channel_gate")
 class ChannelGate(nn.Module):
-    """Shared MLP over the average- and max-pooled descriptors, summed, sigmoid."""
+    """Shared MLP (C -> C // r -> C) over the average- and max-pooled descriptors, summed, sigmoid."""
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
         require(isinstance(reduction, int) and reduction >= 1, "channel_gate", "reduction", "an int >= 1",
                 reduction)
-        hidden = channels // reduction
-        require(hidden >= 1, "channel_gate", "reduction", f"<= channels ({channels}) so the MLP has a hidden unit",
-                reduction)
+        hidden = max(1, channels // reduction)  # the paper's C // r; one unit at least for narrow maps (as timm)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,17 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(image, 3, axis=2)) if image.shape[2] == 1 else image
 
 
+def apply_transform(transform: Transform | None, image: np.ndarray, seed: int | None) -> Any:
+    """Run ``transform`` on an HWC image; with a ``seed`` (see ``EpochSampler``) the randomness is per sample."""
+    if transform is None:
+        return image
+    if seed is not None:
+        from visattn.data.transforms import reseed
+
+        reseed(transform, seed)
+    return transform(image=image)["image"]
+
+
 @dataclass(eq=False)
 class ArrayDataset(Dataset):
     """In-memory images (uint8, (N, H, W) grey or (N, H, W, 3) RGB) with int labels and optional boxes.
@@ -128,11 +139,10 @@ class ArrayDataset(Dataset):
         """The stored image as uint8 (H, W, 3), without any transform."""
         return to_rgb(self.images[index])
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image = self.raw(index)
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        return image, int(self.labels[index])
+        return apply_transform(self.transform, image, seed), int(self.labels[index])
 
     def subset(self, n: int | None) -> ArrayDataset:
         """The first ``n`` samples (all when ``n`` is None), sharing memory."""
@@ -165,3 +175,28 @@ class DataSource:
     scale_min: float  # default lower bound of RandomResizedCrop's area fraction
     in_chans: int = 3
     skipped: list[Path] = field(default_factory=list)  # undecodable files left out (imagefolder)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles per epoch and gives every sample its own augmentation seed, both from (seed, epoch) alone.
+
+    Yields ``(index, sample_seed)`` keys. Nothing depends on global RNG state, worker count or
+    worker lifetime, so a run resumed at epoch k sees exactly the batches the uninterrupted run saw.
+    Lightning calls ``set_epoch`` at the start of every epoch.
+    """
+
+    def __init__(self, length: int, *, seed: int, shuffle: bool = True) -> None:
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):  # noqa: ANN204
+        seq = np.random.SeedSequence([self.seed, self.epoch])
+        order_seed, sample_seeds = seq.spawn(2)
+        order = np.random.default_rng(order_seed).permutation(self.length) if self.shuffle else range(self.length)
+        seeds = sample_seeds.generate_state(self.length)  # (N,) uint32
+        return iter([(int(i), int(seeds[i])) for i in order])

@@ -14,7 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visattn.data.base import SPLITS, ArrayDataset, DataError, DataSource, check, check_options, nearest
+from visattn.data.base import (
+    SPLITS,
+    ArrayDataset,
+    DataError,
+    DataSource,
+    EpochSampler,
+    check,
+    check_options,
+    nearest,
+)
 from visattn.data.folders import ImageFileDataset
 from visattn.data.transforms import (
     AugmentConfig,
@@ -124,7 +133,6 @@ class ClassificationDataModule(L.LightningDataModule):
         self.limit = limit
         self._source: DataSource | None = None
         self._datasets: dict[str, Dataset] = {}
-        self._generator = torch.Generator()
 
     # ---------------------------------------------------------------- loading
     def _load(self) -> DataSource:
@@ -160,7 +168,6 @@ class ClassificationDataModule(L.LightningDataModule):
             else:
                 ds = ds.subset(self.limit)
             self._datasets[split] = ds.with_transform(train_tf if split == "train" else eval_tf)
-        self._generator.manual_seed(self.seed)
 
     def dataset(self, split: str) -> Dataset:
         """The transformed data set of ``split`` ("train", "val" or "test")."""
@@ -195,13 +202,12 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochSampler(len(ds), seed=self.seed) if train else None,
             drop_last=train and len(ds) > self.batch_size,  # no 1-sample last batch for BatchNorm
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=seed_worker if workers > 0 else None,
-            generator=self._generator if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,7 +10,16 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visattn.data.base import SPLIT_SEED, SPLITS, DataError, DataSource, Transform, check, stratified_split
+from visattn.data.base import (
+    SPLIT_SEED,
+    SPLITS,
+    DataError,
+    DataSource,
+    Transform,
+    apply_transform,
+    check,
+    stratified_split,
+)
 from visattn.registry import DATASETS
 
 IMAGE_EXTENSIONS = frozenset(
@@ -55,11 +64,9 @@ class ImageFileDataset(Dataset):
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"imagefolder: cannot decode image file {path} ({err}).") from err
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.raw(index)
-        if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        return image, int(self.labels[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return apply_transform(self.transform, self.raw(index), seed), int(self.labels[index])
 
     def subset(self, n: int | None) -> ImageFileDataset:
         """The first ``n`` samples (all when ``n`` is None)."""
