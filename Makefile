@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) tools/blocks.py
+	$(PY) tools/train.py --config configs/classify/digits_resnet18_cbam.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -36,7 +36,7 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None  # use only the first N samples of each split
     skip_bad_images: bool = False
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05

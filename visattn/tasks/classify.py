@@ -39,11 +39,11 @@ class ClassificationModule(L.LightningModule):
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         top5 = min(5, num_classes)
-        metrics = MetricCollection({
+        metrics = MetricCollection({  # no compute groups: top-5 and macro-F1 must not share top-1 states
             "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
             "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
-        })
+        }, compute_groups=False)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
