@@ -163,3 +163,62 @@ def test_pretrained_errors(timm_resnet18_file, tmp_path):
     torch.save(state, odd)
     with pytest.raises(KeyError, match="extra.weight"):
         visattn.build_model("resnet18", pretrained=odd)
+
+
+def test_vit_pretrained_at_another_size_resamples_position_embedding(tmp_path):
+    tiny = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    source = visattn.build_model("vit_tiny", img_size=64, num_classes=4, backbone_args=tiny)
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    model = visattn.build_model("vit_tiny", img_size=96, num_classes=4, backbone_args=tiny, pretrained=path)
+    assert model.pos_embed.shape == (1, 1 + 36, 32)
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(model.pos_embed[:, 0], source.pos_embed[:, 0])  # class token position kept
+
+
+def test_swin_pretrained_from_timm_checkpoint(tmp_path):
+    import timm
+
+    args = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 4}
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=64, embed_dim=16,
+                            depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=7).eval()
+    path = tmp_path / "swin.pth"
+    torch.save(ref.state_dict(), path)
+    model = visattn.build_model("swin_t", img_size=64, num_classes=7, backbone_args=args, pretrained=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+TINY_FAMILIES = {
+    "vit_tiny": {"img_size": 32, "backbone_args": {"patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}},
+    "swin_t": {"img_size": 32, "backbone_args": {"patch_size": 2, "window_size": 4, "embed_dim": 16,
+                                                 "depths": (2, 2), "num_heads": (1, 2)}},
+}
+
+
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+@pytest.mark.parametrize("block", visattn.list_attention())
+def test_every_block_fits_every_transformer_slot(family, block):
+    spec = TINY_FAMILIES[family]
+    model = visattn.build_model(family, num_classes=3, attn=block, img_size=spec["img_size"],
+                                backbone_args=spec["backbone_args"]).eval()
+    if block != "none":
+        assert all(s.block == block for s in visattn.list_slots(model) if s.role == "block")
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_classification_metrics_are_independent():
+    from visattn.tasks import ClassificationModule
+
+    module = ClassificationModule(torch.nn.Identity(), num_classes=6, img_size=8)
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, 2.0, 1.0]]).repeat(4, 1)  # top-1 is class 1
+    labels = torch.tensor([0, 0, 0, 0])  # right class is 6th of 6: outside the top 5
+    module.test_metrics.update(logits, labels)
+    values = {k: float(v) for k, v in module.test_metrics.compute().items()}
+    assert values["test/acc"] == 0.0 and values["test/acc5"] == 0.0 and values["test/f1"] == 0.0
+    module.test_metrics.reset()
+    module.test_metrics.update(logits, torch.tensor([2, 2, 1, 1]))  # two right at top-1, all within top-5
+    values = {k: float(v) for k, v in module.test_metrics.compute().items()}
+    assert values["test/acc"] == 0.5 and values["test/acc5"] == 1.0 and values["test/f1"] < 0.5

@@ -171,6 +171,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
     convert = getattr(model, "convert_state_dict", None)
     if convert is not None:
         state = convert(state)
+    adapt = getattr(model, "adapt_pretrained", None)
+    if adapt is not None:
+        state = adapt(state)
     own = model.state_dict()
     slot_prefixes = tuple(f"{n}.block." for n, s in _slot_modules(model).items() if s.filled)
     classifier = getattr(model, "classifier_name", None)

@@ -46,6 +46,10 @@ class Backbone(nn.Module):
         """Map a timm/torchvision state dict of the same architecture to this module's key names."""
         return dict(state_dict)
 
+    def adapt_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt converted pretrained tensors to this instance (e.g. ViT resamples ``pos_embed``); default: none."""
+        return state_dict
+
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if this backbone cannot take an image of this size."""
         if height < 1 or width < 1:

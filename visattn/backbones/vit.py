@@ -160,6 +160,15 @@ class VisionTransformer(Backbone):
                 f"multiples of the patch size {self.patch_size}"
             )
 
+    def adapt_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample a pretrained ``pos_embed`` made for another image size to this model's grid."""
+        pos = state_dict.get("pos_embed")
+        if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.pos_embed.shape[-1]:
+            side = round((pos.shape[1] - self.num_prefix_tokens) ** 0.5)
+            state_dict = {**state_dict, "pos_embed": resample_abs_pos_embed(
+                pos, new_size=list(self.grid_size), old_size=[side, side], num_prefix_tokens=self.num_prefix_tokens)}
+        return state_dict
+
     def position_embedding(self, grid_size: tuple[int, int]) -> torch.Tensor:
         """Position embedding for ``grid_size``, bicubic-resampled from the construction grid if needed."""
         if grid_size == self.grid_size:
