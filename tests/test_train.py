@@ -181,6 +181,17 @@ def test_data_folder_errors(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_skip_bad_images_trains_and_counts(tmp_path):
+    data = make_folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    (data / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    (data / "cat" / "empty.jpg").write_bytes(b"")
+    train_main(["--data", "imagefolder", "--data-dir", str(data), "--skip-bad-images", "--epochs", "1",
+                "--img-size", "32", "--batch-size", "8", "--num-workers", "0", "--out", str(tmp_path / "runs"),
+                "--name", "skip", "--set", "backbone_args={base_width: 8}"])
+    metrics = json.loads((tmp_path / "runs" / "skip" / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 2 and "acc" in metrics["test"]
+
+
 def test_cli_error_is_one_paragraph_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "tools/train.py", "--backbone", "resnet5", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -120,4 +120,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"run: {prepared.run_dir}\ntest: {test}\ntrain time: {metrics['train_time_s']:.1f}s, "
               f"throughput: {metrics['throughput_img_s'] or 0:.0f} img/s, data wait: "
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")
+        if metrics.get("skipped_images"):
+            print(f"skipped {metrics['skipped_images']} undecodable image(s) (--skip-bad-images)")
     return 0

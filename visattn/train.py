@@ -220,6 +220,7 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "best_val": float(trainer.checkpoint_callback.best_model_score or float("nan")),
         "train_time_s": train_time,
         "resumed": prepared.resume_from is not None,
+        "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),
         "throughput_img_s": sum(h["throughput_img_s"] for h in history) / len(history) if history else None,
         "data_wait_frac": sum(h["data_wait_frac"] for h in history) / len(history) if history else None,
         "torch_threads": torch_threads,
