@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
 from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
@@ -27,15 +28,6 @@ from visattn.layers import AttentionSlot, apply_slot_nhwc, require
 from visattn.registry import BACKBONES
 
 MASK_VALUE = -100.0  # additive logit for blocked pairs, as in the official code (exp(-100) ~ 4e-44)
-
-
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero whole samples of a residual branch with probability ``rate``."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1, 1)
-    return x * mask / keep
 
 
 def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -144,17 +136,6 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch_windows, n, channels))  # (B*nW, N, C)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SwinTransformerBlock(nn.Module):
     """(Shifted) window attention then MLP, pre-norm, on a (B, H, W, C) map."""
 
@@ -163,7 +144,7 @@ class SwinTransformerBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.shifted = shifted
-        self.drop_path_rate = drop_path_rate
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, heads, window_size)
         self.norm2 = nn.LayerNorm(dim)
@@ -183,9 +164,9 @@ class SwinTransformerBlock(nn.Module):
         y = window_reverse(y, window, padded_h, padded_w)  # (B, Hp, Wp, C)
         if any(shift):
             y = torch.roll(y, shifts=shift, dims=(1, 2))  # (B, Hp, Wp, C)
-        x = x + drop_path(y[:, :height, :width], self.drop_path_rate, self.training)  # (B, H, W, C)
+        x = x + self.drop_path(y[:, :height, :width])  # (B, H, W, C)
         y = apply_slot_nhwc(self.slot, self.mlp(self.norm2(x)))  # (B, H, W, C)
-        return x + drop_path(y, self.drop_path_rate, self.training)
+        return x + self.drop_path(y)
 
 
 class PatchMerging(nn.Module):

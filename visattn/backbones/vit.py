@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, resample_abs_pos_embed
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
@@ -52,17 +52,6 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(batch, tokens, channels)  # (B, N, C)
         return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
