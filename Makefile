@@ -16,8 +16,10 @@ run: $(STAMP)
 	$(PY) tools/blocks.py
 	$(PY) tools/train.py --config configs/classify/digits_resnet18_cbam.yaml --overwrite
 
+# pytest exits 5 when it collected no tests: that is a failure too.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(STAMP)
 	.venv/bin/ruff check visattn tools tests benchmarks
