@@ -156,7 +156,9 @@ class SwinTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         _, height, width, _ = x.shape
         pad_h, pad_w = (-height) % window[0], (-width) % window[1]
-        y = F.pad(self.norm1(x), (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        y = self.norm1(x)
+        if pad_h or pad_w:
+            y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
         padded_h, padded_w = height + pad_h, width + pad_w
         if any(shift):
             y = torch.roll(y, shifts=(-shift[0], -shift[1]), dims=(1, 2))  # (B, Hp, Wp, C)
@@ -164,7 +166,9 @@ class SwinTransformerBlock(nn.Module):
         y = window_reverse(y, window, padded_h, padded_w)  # (B, Hp, Wp, C)
         if any(shift):
             y = torch.roll(y, shifts=shift, dims=(1, 2))  # (B, Hp, Wp, C)
-        x = x + self.drop_path(y[:, :height, :width])  # (B, H, W, C)
+        if pad_h or pad_w:
+            y = y[:, :height, :width]  # (B, H, W, C)
+        x = x + self.drop_path(y)
         y = apply_slot_nhwc(self.slot, self.mlp(self.norm2(x)))  # (B, H, W, C)
         return x + self.drop_path(y)
 
