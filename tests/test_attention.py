@@ -234,8 +234,8 @@ def test_sinusoidal_encoding_distinguishes_positions():
 @pytest.mark.parametrize("size", [(1, 1), (7, 9), (28, 28)])
 def test_stn_is_identity_at_init(transform, size):
     block = visattn.build_attention("stn", 3, transform=transform).eval()
-    x = torch.randn(2, 3, *size)
-    torch.testing.assert_close(block(x), x, rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(block(x), x, rtol=1e-4, atol=1e-4)  # grid_sample's float32 coordinates
     theta = block.theta(x)
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3))
 

@@ -14,6 +14,13 @@ def count(model, *, input_size=(1, 3, 224, 224), device=None):  # noqa: ANN001, 
     return _count(model, input_size=input_size, device=device)
 
 
+def load(path, *, checkpoint="best"):  # noqa: ANN001, ANN201
+    """Rebuild a model from an export folder or a run directory; see :func:`visattn.export.load`."""
+    from visattn.export import load as _load
+
+    return _load(path, checkpoint=checkpoint)
+
+
 __all__ = [
     "build_attention",
     "build_model",
@@ -22,5 +29,6 @@ __all__ = [
     "list_attention",
     "list_backbones",
     "list_slots",
+    "load",
     "load_pretrained",
 ]

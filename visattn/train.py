@@ -221,6 +221,8 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "train_time_s": train_time,
         "resumed": prepared.resume_from is not None,
         "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),
+        "num_classes": prepared.datamodule.num_classes,
+        "class_names": list(getattr(prepared.datamodule, "class_names", []) or []),
         "throughput_img_s": sum(h["throughput_img_s"] for h in history) / len(history) if history else None,
         "data_wait_frac": sum(h["data_wait_frac"] for h in history) / len(history) if history else None,
         "torch_threads": torch_threads,

@@ -16,7 +16,9 @@ TRANSFORMS = {"affine": 6, "translation_scale": 3}
 class SpatialTransformer(nn.Module):
     """A localisation net (conv-pool-conv-pool-FC) predicts a transform; the input is resampled with it.
 
-    Pooling is adaptive (to ``pool_size`` then ``pool_size // 2``), so any H, W >= 1 works. The last
+    Pooling is adaptive average pooling (to ``pool_size`` then ``pool_size // 2``), so any H, W >= 1 works;
+    average rather than the paper's max pooling because adaptive max pooling to a size that does not divide
+    the input (or is larger than it) does not export to ONNX. The last
     layer starts at the identity transform, so an untrained block returns its input.
     ``transform``: "affine" (6 parameters) or "translation_scale" (isotropic scale and shift, 3).
     """
@@ -41,10 +43,10 @@ class SpatialTransformer(nn.Module):
         small = max(pool_size // 2, 1)
         self.localization = nn.Sequential(
             nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
-            nn.AdaptiveMaxPool2d(pool_size),
+            nn.AdaptiveAvgPool2d(pool_size),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, kernel_size=3, padding=1),
-            nn.AdaptiveMaxPool2d(small),
+            nn.AdaptiveAvgPool2d(small),
             nn.ReLU(inplace=True),
             nn.Flatten(),
             nn.Linear(hidden * small * small, hidden),

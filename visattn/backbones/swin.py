@@ -130,9 +130,14 @@ class WindowAttention(nn.Module):
         if mask is not None:
             num_windows = mask.shape[0]
             attn_mask = attn_mask + mask[:, None]  # (nW, heads, N, N)
-            q, k, v = (t.view(-1, num_windows, *t.shape[1:]) for t in (q, k, v))  # (B, nW, heads, N, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype))
-        out = out.reshape(batch_windows, self.num_heads, n, -1)  # (B*nW, heads, N, head_dim)
+            attn_mask = attn_mask.repeat(batch_windows // num_windows, 1, 1, 1)  # (B*nW, heads, N, N)
+        attn_mask = attn_mask.to(q.dtype)
+        if torch.compiler.is_exporting():
+            # torch 2.14's ONNX exporter cannot decompose SDPA with a mask under a dynamic batch; same maths spelled out
+            weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + attn_mask  # (B*nW, heads, N, N)
+            out = weights.softmax(-1) @ v  # (B*nW, heads, N, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B*nW, heads, N, hd)
         return self.proj(out.transpose(1, 2).reshape(batch_windows, n, channels))  # (B*nW, N, C)
 
 

@@ -1,0 +1,285 @@
+"""Export a trained run to ONNX, TorchScript and safetensors, each verified against the eager model.
+
+Every file is written to a temporary folder beside ``<run>/export/``, run (ONNX through onnxruntime,
+TorchScript through ``torch.jit.load``, safetensors through :func:`load`) on real images from the run's
+data and on random input, compared with the eager model, and only then moved into ``export/`` together
+with ``report.json``. A failed check leaves ``export/`` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from visattn.build import build_model, read_state_dict
+from visattn.registry import did_you_mean
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on logits
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExportError(ValueError):
+    """An export that could not be made or did not match the eager model (the message has the numbers)."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model without the training code (saved as ``model.json``)."""
+
+    task: str
+    backbone: str
+    attn: Any
+    num_classes: int
+    in_chans: int
+    img_size: int
+    backbone_args: dict[str, Any]
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+
+    def build(self) -> nn.Module:
+        if self.task != "classify":
+            raise ExportError(f"task {self.task!r} cannot be exported by this version (classification only)")
+        return build_model(self.backbone, attn=self.attn, num_classes=self.num_classes, in_chans=self.in_chans,
+                           img_size=self.img_size, backbone_args=self.backbone_args)
+
+
+def parse_formats(formats: str | Sequence[str]) -> list[str]:
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    for item in items:
+        if item not in FORMATS:
+            raise ValueError(f"unknown export format {item!r}.{did_you_mean(item, list(FORMATS))} "
+                             f"Valid formats: {', '.join(FORMATS)}")
+    if not items:
+        raise ValueError(f"no export format given; valid formats: {', '.join(FORMATS)}")
+    return items
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+        if not path.is_file() and checkpoint == "best":
+            path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path} in run {run_dir} (train it first, or pass --checkpoint PATH)")
+    return path
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Module, ModelSpec]:
+    """The eval-mode model of a run directory and its spec, rebuilt from config.yaml and a checkpoint."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
+    config = yaml.safe_load(config_path.read_text())
+    state = read_state_dict(find_checkpoint(run_dir, checkpoint))
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    augment = config.get("augment") or {}
+    spec = ModelSpec(
+        task=config.get("task", "classify"), backbone=config["backbone"], attn=config.get("attn"),
+        num_classes=0, in_chans=3, img_size=int(config["img_size"]), backbone_args=config.get("backbone_args") or {},
+        class_names=list(metrics.get("class_names") or []), mean=list(augment.get("mean", IMAGENET_MEAN)),
+        std=list(augment.get("std", IMAGENET_STD)),
+    )
+    probe = ModelSpec(**{**spec.__dict__, "num_classes": 1}).build()
+    head_key = f"{probe.classifier_name}.weight"
+    if head_key not in state:
+        raise ValueError(f"checkpoint of {run_dir} has no classifier weight {head_key!r}; is it a visattn run?")
+    spec.num_classes = int(state[head_key].shape[0])
+    model = spec.build()
+    model.load_state_dict(state, strict=True)
+    return model.eval(), spec
+
+
+def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
+    """Rebuild a model without Lightning: from an ``export/`` folder (model.json + model.safetensors) or a run dir."""
+    path = Path(path)
+    if (path / "model.json").is_file():
+        from safetensors.torch import load_file
+
+        spec = ModelSpec(**json.loads((path / "model.json").read_text()))
+        model = spec.build()
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        model.spec = spec
+        return model.eval()
+    if (path / "config.yaml").is_file():
+        model, spec = load_run(path, checkpoint=checkpoint)
+        model.spec = spec
+        return model
+    raise FileNotFoundError(f"{path} holds neither model.json + model.safetensors (an export) nor config.yaml (a run)")
+
+
+def sample_images(spec: ModelSpec, config: dict[str, Any], count: int, img_size: int) -> torch.Tensor | None:
+    """Up to ``count`` normalised test images of the run's own data, or None when the data cannot be read here."""
+    try:
+        from visattn.data import ClassificationDataModule
+
+        data = ClassificationDataModule(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size,
+                                        batch_size=count, num_workers=0, limit=count,
+                                        dataset_options=config.get("data_args") or None)
+        data.setup("test")
+        images, _ = next(iter(data.test_dataloader()))
+        return images
+    except (ValueError, FileNotFoundError, StopIteration) as err:
+        warnings.warn(f"verification uses random input only: the run's data is not readable here ({err})",
+                      stacklevel=2)
+        return None
+
+
+def compare(name: str, exported: torch.Tensor, eager: torch.Tensor, tolerance: float) -> dict[str, Any]:
+    diff = float((exported.float() - eager.float()).abs().max())
+    agree = float((exported.argmax(-1) == eager.argmax(-1)).float().mean())
+    return {"input": name, "batch": int(eager.shape[0]), "max_abs_diff": diff, "top1_agreement": agree,
+            "passed": bool(diff <= tolerance)}
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int) -> Any:
+    import onnx
+    import onnxruntime as ort
+
+    if opset < MIN_OPSET:
+        blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
+        need = " (STN's grid_sample alone needs opset >= 16)" if "stn" in blocks else ""
+        raise ValueError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
+                         f"opset >= {MIN_OPSET}{need}")
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+                              input_names=["x"], output_names=["logits"], verbose=False, external_data=False)
+    except Exception as err:  # the exporter's own message is long; keep its gist and name the blocks
+        blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
+        raise ExportError(f"ONNX export failed for a model with blocks {blocks or ['none']}: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0][:400]}") from err
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    got = max(o.version for o in imports if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise ExportError(f"asked for ONNX opset {opset} but the exporter produced {got}; use --opset {got}")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+    traced.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path))
+    return lambda x: loaded(x)
+
+
+def export_safetensors(model: nn.Module, spec: ModelSpec, folder: Path) -> Any:
+    from safetensors.torch import save_file
+
+    save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
+    rebuilt = load(folder)  # float32, as the weights are stored
+    return lambda x: rebuilt(x.float())
+
+
+def export_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    folder: Path,
+    *,
+    formats: Sequence[str],
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    half: bool = False,
+    images: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Write and verify each format into ``folder``; raises ExportError with the numbers when one does not match."""
+    model = model.eval()
+    dtype = torch.float16 if half else torch.float32
+    if half:
+        model = model.half()
+    tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
+    size = spec.img_size
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"random": torch.randn(2 if dynamic_batch else 1, spec.in_chans, size, size, generator=gen)}
+    if images is not None:
+        inputs["data"] = images if dynamic_batch else images[:1]
+    if dynamic_batch:
+        inputs["random_batch1"] = inputs["random"][:1]
+    inputs = {k: v.to(dtype) for k, v in inputs.items()}
+    example = inputs["random"]
+    report: dict[str, Any] = {"tolerance": tolerance, "dtype": str(dtype), "dynamic_batch": dynamic_batch,
+                              "formats": {}}
+    with torch.no_grad():
+        eager = {k: model(v) for k, v in inputs.items()}
+        for fmt in formats:
+            if fmt == "onnx":
+                path, run = folder / "model.onnx", export_onnx(model, example, folder / "model.onnx",
+                                                               dynamic_batch=dynamic_batch, opset=opset)
+            elif fmt == "torchscript":
+                path, run = folder / "model.torchscript.pt", export_torchscript(model, example,
+                                                                               folder / "model.torchscript.pt")
+            else:
+                path, run = folder / "model.safetensors", export_safetensors(model, spec, folder)
+            checks = [compare(name, run(x), eager[name], tolerance) for name, x in inputs.items()]
+            report["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "checks": checks,
+                                      "passed": all(c["passed"] for c in checks)}
+    failed = {f: r for f, r in report["formats"].items() if not r["passed"]}
+    if failed:
+        worst = {f: max(c["max_abs_diff"] for c in r["checks"]) for f, r in failed.items()}
+        raise ExportError(f"exported model does not match eager within {tolerance:g}: max abs diff {worst}")
+    return report
+
+
+def export_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    formats: str | Sequence[str] = FORMATS,
+    dynamic_batch: bool = False,
+    img_size: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    half: bool = False,
+) -> dict[str, Any]:
+    """Export a run's model into ``<run>/export/`` (verified; see the module docstring); returns the report."""
+    formats = parse_formats(formats)
+    run_dir = Path(run_dir)
+    model, spec = load_run(run_dir, checkpoint=checkpoint)
+    if img_size is not None:
+        model.check_input_size(img_size, img_size)
+        spec.img_size = img_size
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    images = sample_images(spec, config, 4, spec.img_size)
+    target = run_dir / "export"
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
+    try:
+        report = export_model(model, spec, staging, formats=formats, dynamic_batch=dynamic_batch, opset=opset,
+                              half=half, images=images)
+        report.update({"run": str(run_dir), "checkpoint": checkpoint, "opset": opset, "img_size": spec.img_size,
+                       "real_images": images is not None})
+        if "safetensors" not in formats:  # predict.py and load() read the spec beside any exported file
+            (staging / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
+        (staging / "report.json").write_text(json.dumps(report, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
