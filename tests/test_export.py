@@ -120,6 +120,11 @@ def test_export_bad_input(trained_run, tmp_path):
     assert not (empty / "export").exists() and not list(empty.glob(".export-*"))
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         export_run(tmp_path)
+    onnx_only = tmp_path / "onnx_only"
+    onnx_only.mkdir()
+    (onnx_only / "model.json").write_text((trained_run / "export" / "model.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        visattn.load(onnx_only)
 
 
 def test_mismatch_fails_with_numbers_and_leaves_export_untouched(trained_run, monkeypatch):

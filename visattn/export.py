@@ -73,8 +73,6 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
 def find_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-        if not path.is_file() and checkpoint == "best":
-            path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(checkpoint)
     if not path.is_file():
@@ -114,6 +112,10 @@ def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
     path = Path(path)
     if (path / "model.json").is_file():
         from safetensors.torch import load_file
+
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} has no model.safetensors (exported without it); export again with "
+                                    "--format safetensors, or load the run directory instead")
 
         spec = ModelSpec(**json.loads((path / "model.json").read_text()))
         model = spec.build()
@@ -276,10 +278,12 @@ def export_run(
         if "safetensors" not in formats:  # predict.py and load() read the spec beside any exported file
             (staging / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
         (staging / "report.json").write_text(json.dumps(report, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
         staging.chmod(0o755)  # mkdtemp makes it private
+        previous = run_dir / f".export-previous-{staging.name}"
+        if target.exists():
+            target.rename(previous)  # kept until the new export is in place
         staging.rename(target)
+        shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
