@@ -1,5 +1,6 @@
 """Registered backbones. Backbones never import attention code: they declare ``AttentionSlot``s."""
 
+from visattn.backbones import csp as _csp  # noqa: F401
 from visattn.backbones import resnet as _resnet  # noqa: F401
 from visattn.backbones import swin as _swin  # noqa: F401
 from visattn.backbones import vit as _vit  # noqa: F401
