@@ -24,6 +24,7 @@ OTHER_BACKBONES = {
     "resnet34": (32, {"base_width": 8}), "resnet50": (32, {"base_width": 8}), "resnet101": (32, {"base_width": 8}),
     "vit_small": (32, {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}),
     "vit_base": (32, {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}),
+    "csp_n": (64, {}), "csp_s": (64, {}),
     "swin_s": (64, {"patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2]}),
 }
 

@@ -217,7 +217,8 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "epochs_run": trainer.current_epoch,
         "seed": config.seed,
         "test": test,
-        "best_val": float(trainer.checkpoint_callback.best_model_score or float("nan")),
+        "best_val": None if trainer.checkpoint_callback.best_model_score is None
+        else float(trainer.checkpoint_callback.best_model_score),
         "train_time_s": train_time,
         "resumed": prepared.resume_from is not None,
         "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),

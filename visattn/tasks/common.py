@@ -126,7 +126,8 @@ class ThroughputMonitor(L.Callback):
 class EpochSummary(L.Callback):
     """One line per epoch when no progress bar is shown (logs, CI)."""
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_validation_epoch_end: callbacks run before the module there, so its epoch metrics are not in yet
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
