@@ -1,0 +1,213 @@
+"""Run a sweep (resumable, one directory) and write its tables and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from visattn.config import ConfigError
+from visattn.sweep.execute import (
+    EXECUTORS,
+    Outcome,
+    cpu_count,
+    is_done,
+    ray_slots,
+    read_status,
+    run_dir_of,
+    run_local,
+    run_ray,
+    start_ray,
+    write_status,
+)
+from visattn.sweep.grid import RunPlan, SweepSpec, check_sweep_file, expand, read_sweep_file
+from visattn.sweep.plots import write_plots
+from visattn.sweep.report import (
+    ConfigSummary,
+    RunResult,
+    collect,
+    measure_latencies,
+    metric_value,
+    print_table,
+    summarize,
+    write_results_csv,
+    write_summary_md,
+)
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    results: list[RunResult]
+    summary: list[ConfigSummary]
+    summary_md: str
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+    """``[done/total]`` lines with the time left, from the mean duration of the runs finished so far."""
+
+    def __init__(self, *, total: int, done: int, to_run: int, slots: int, metric: str, sweep_dir: Path) -> None:
+        self.total, self.done, self.left, self.slots = total, done, to_run, slots
+        self.metric, self.sweep_dir = metric, sweep_dir
+        self.start = time.monotonic()
+        self.seconds: list[float] = []
+
+    def line(self, outcome: Outcome) -> str:
+        self.done += 1
+        self.left -= 1
+        if outcome.status == "ok":
+            self.seconds.append(outcome.seconds)
+            metrics = json.loads((run_dir_of(self.sweep_dir, outcome.run_id) / "metrics.json").read_text())
+            try:
+                what = f"{self.metric}={metric_value(metrics, self.metric):.4f}"
+            except KeyError:
+                what = f"{self.metric}=?"
+        else:
+            what = f"error: {outcome.error[:120]}"
+        per_run = statistics.fmean(self.seconds) if self.seconds else None
+        left = "?" if per_run is None else _duration(per_run * math.ceil(self.left / self.slots))
+        return (f"[{self.done}/{self.total}] {outcome.status:<6} {outcome.run_id}  {what}  ({outcome.seconds:.0f}s)"
+                f" | elapsed {_duration(time.monotonic() - self.start)}, ~{left} left")
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """One sweep process per directory (the lock goes away with the process, SIGKILL included)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(sweep_dir / ".lock", "a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except BlockingIOError as err:
+            raise ConfigError(f"another sweep is running in {sweep_dir}; wait for it or stop it first") from err
+        yield
+    finally:
+        handle.close()
+
+
+def _clear(sweep_dir: Path) -> None:
+    for item in sweep_dir.iterdir():
+        if item.name != ".lock":
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def to_run(sweep_dir: Path, plans: list[RunPlan], *, retry_failed: bool) -> list[RunPlan]:
+    """Runs without metrics.json (failed ones too, unless ``retry_failed`` is False)."""
+    out = []
+    for plan in plans:
+        if is_done(sweep_dir, plan.run_id):
+            continue
+        status = read_status(sweep_dir, plan.run_id)
+        if not retry_failed and status and status["status"] == "failed":
+            continue
+        out.append(plan)
+    return out
+
+
+def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | None = None, executor: str = "local",
+              workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0,
+              gpus_per_run: float = 0.0, threads_per_run: int | None = None, retry_failed: bool = True,
+              overwrite: bool = False, echo: bool = True) -> SweepResult:
+    """Train every grid point not finished yet in ``<out>/<name>`` and write the results, summary and plots.
+
+    Started again with the same spec, it skips finished runs and resumes unfinished ones from their last
+    checkpoint; a different spec in the same directory is refused unless ``overwrite`` (which deletes it).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if threads_per_run is not None and (not isinstance(threads_per_run, int) or threads_per_run < 1):
+        raise ValueError(f"threads_per_run must be an integer >= 1, got {threads_per_run!r}")
+    if cpus_per_run < 0 or gpus_per_run < 0 or cpus_per_run + gpus_per_run == 0:
+        raise ValueError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
+                         f"{gpus_per_run}")
+    plans = expand(spec)
+    sweep_dir = Path(out) / (name or spec.default_name())
+    say = print if echo else (lambda *a, **k: None)
+    with sweep_lock(sweep_dir):
+        if overwrite:
+            _clear(sweep_dir)
+        check_sweep_file(sweep_dir, spec, plans)
+        pending = to_run(sweep_dir, plans, retry_failed=retry_failed)
+        done = sum(is_done(sweep_dir, p.run_id) for p in plans)
+        started_ray = False
+        try:
+            if executor == "ray" and pending:
+                started_ray = start_ray(ray_address)
+                slots = ray_slots(cpus_per_run, gpus_per_run)
+                how = (f"Ray, {cpus_per_run:g} CPU(s) + {gpus_per_run:g} GPU(s) per run, up to {slots} at a time, "
+                       f"{threads_per_run or max(1, int(cpus_per_run))} torch thread(s) each")
+            else:
+                slots = min(workers, max(1, len(pending)))
+                threads = threads_per_run or max(1, cpu_count() // workers)
+                how = f"local, {slots} at a time, {threads} torch thread(s) each"
+            say(f"sweep {sweep_dir}: {len(plans)} runs, {done} finished, {len(pending)} to run ({how})", flush=True)
+            progress = Progress(total=len(plans), done=len(plans) - len(pending), to_run=len(pending), slots=slots,
+                                metric=spec.metric_name, sweep_dir=sweep_dir)
+
+            def on_done(outcome: Outcome) -> None:
+                write_status(sweep_dir, outcome)
+                say(progress.line(outcome), flush=True)
+
+            tasks = [(p.run_id, p.values) for p in pending]
+            if executor == "ray" and pending:
+                run_ray(tasks, sweep_dir=sweep_dir, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                        threads=threads_per_run, on_done=on_done)
+            elif pending:
+                run_local(tasks, sweep_dir=sweep_dir, workers=workers, threads=threads_per_run, on_done=on_done)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        return _report(sweep_dir, spec, plans, echo=echo)
+
+
+def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, echo: bool = True) -> SweepResult:
+    """Rewrite the tables and plots of an existing sweep directory (e.g. with another metric) without training."""
+    sweep_dir = Path(sweep_dir)
+    spec, plans = read_sweep_file(sweep_dir)
+    if metric:
+        spec.metric = metric
+    return _report(sweep_dir, spec, plans, echo=echo)
+
+
+def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, echo: bool) -> SweepResult:
+    metric = spec.metric_name
+    results = collect(sweep_dir, plans, metric)
+    if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
+        raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
+    latency, info = measure_latencies(sweep_dir, results)
+    rows = summarize(results, latency)
+    write_results_csv(results, sweep_dir / "results.csv", metric)
+    plots = write_plots(rows, results, sweep_dir, metric)
+    name = sweep_dir.name
+    text = write_summary_md(rows, results, sweep_dir / "summary.md", name=name, metric=metric, latency_info=info,
+                            plots=plots)
+    if echo:
+        print_table(rows, metric, title=f"sweep {name}: {metric} (summary.md, results.csv in {sweep_dir})")
+        failed = [r for r in results if r.status == "failed"]
+        for r in failed:
+            print(f"failed: {r.plan.run_id}: {r.error} (log: {sweep_dir / 'logs' / (r.plan.run_id + '.log')})")
+        pending = sum(r.status == "pending" for r in results)
+        if pending:
+            print(f"{pending} run(s) not run yet; run the same command again to continue")
+    return SweepResult(sweep_dir, results, rows, text)
+
