@@ -11,11 +11,14 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.registry import ATTENTION
+from visattn.viz.capture import record
 
 
 @ATTENTION.register("channel_gate")
 class ChannelGate(nn.Module):
     """Shared MLP (C -> C // r -> C) over the average- and max-pooled descriptors, summed, sigmoid."""
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
@@ -30,12 +33,16 @@ class ChannelGate(nn.Module):
         return torch.sigmoid(avg + mx)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)
+        weights = self.channel_weights(x)  # (B, C, 1, 1)
+        record(self, "channel", weights.flatten(1))
+        return x * weights
 
 
 @ATTENTION.register("spatial_gate")
 class SpatialGate(nn.Module):
     """Channel-wise max and mean, 7x7 conv (no bias), BatchNorm, sigmoid."""
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(self, channels: int, *, kernel_size: int = 7) -> None:
         super().__init__()
@@ -49,7 +56,9 @@ class SpatialGate(nn.Module):
         return torch.sigmoid(self.bn(self.conv(pooled)))  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.spatial_map(x)
+        weights = self.spatial_map(x)  # (B, 1, H, W)
+        record(self, "spatial", weights[:, 0])
+        return x * weights
 
 
 @ATTENTION.register("cbam")

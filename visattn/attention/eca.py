@@ -9,6 +9,7 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.registry import ATTENTION
+from visattn.viz.capture import record
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
@@ -20,6 +21,8 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int
 @ATTENTION.register("eca")
 class EfficientChannelAttention(nn.Module):
     """Global average pool, 1D conv (no bias) across channels, sigmoid gate."""
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(
         self, channels: int, *, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0
@@ -41,4 +44,6 @@ class EfficientChannelAttention(nn.Module):
         return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)
+        weights = self.channel_weights(x)  # (B, C, 1, 1)
+        record(self, "channel", weights.flatten(1))
+        return x * weights

@@ -10,6 +10,7 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.registry import ATTENTION
+from visattn.viz.capture import attention_probs, record
 
 POS_ENCODINGS = ("sinusoidal", "learned", "none")
 
@@ -45,6 +46,8 @@ class MultiHeadSelfAttention2d(nn.Module):
     positional encoding is added to the tokens before the projections. ``heads=None`` picks up to 8
     heads of at least 16 channels each.
     """
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(
         self,
@@ -90,6 +93,8 @@ class MultiHeadSelfAttention2d(nn.Module):
         qkv = self.qkv(tokens).view(batch, length, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         dropout = self.dropout if self.training else 0.0
+        if self._capture is not None:
+            record(self, "attn", attention_probs(q, k))  # (B, heads, N, N)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).reshape(batch, length, channels)  # (B, N, C)
         return self.proj(out)

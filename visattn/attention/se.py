@@ -7,6 +7,7 @@ from torch import nn
 
 from visattn.layers import make_divisible, require
 from visattn.registry import ATTENTION
+from visattn.viz.capture import record
 
 
 @ATTENTION.register("se")
@@ -16,6 +17,8 @@ class SqueezeExcite(nn.Module):
     The reduced width is ``channels / reduction`` rounded to a multiple of ``divisor`` as timm's
     ``SEModule`` does, so weights copy one-to-one (``fc1``, ``fc2``).
     """
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(self, channels: int, *, reduction: int = 16, divisor: int = 8) -> None:
         super().__init__()
@@ -31,4 +34,6 @@ class SqueezeExcite(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(squeezed))))  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)
+        weights = self.channel_weights(x)  # (B, C, 1, 1)
+        record(self, "channel", weights.flatten(1))
+        return x * weights

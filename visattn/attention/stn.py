@@ -8,6 +8,7 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.registry import ATTENTION
+from visattn.viz.capture import record
 
 TRANSFORMS = {"affine": 6, "translation_scale": 3}
 
@@ -22,6 +23,8 @@ class SpatialTransformer(nn.Module):
     layer starts at the identity transform, so an untrained block returns its input.
     ``transform``: "affine" (6 parameters) or "translation_scale" (isotropic scale and shift, 3).
     """
+
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
 
     def __init__(
         self,
@@ -74,4 +77,6 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.theta(x)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+        record(self, "theta", theta)
+        record(self, "grid", grid)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False)

@@ -26,6 +26,7 @@ from torch import nn
 from visattn.backbones.base import Backbone, StageInfo
 from visattn.layers import AttentionSlot, apply_slot_nhwc, require
 from visattn.registry import BACKBONES
+from visattn.viz.capture import attention_probs, record
 
 MASK_VALUE = -100.0  # additive logit for blocked pairs, as in the official code (exp(-100) ~ 4e-44)
 
@@ -100,6 +101,8 @@ class PatchEmbed(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self attention inside windows with a learned relative position bias."""
 
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+
     def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -132,6 +135,8 @@ class WindowAttention(nn.Module):
             attn_mask = attn_mask + mask[:, None]  # (nW, heads, N, N)
             attn_mask = attn_mask.repeat(batch_windows // num_windows, 1, 1, 1)  # (B*nW, heads, N, N)
         attn_mask = attn_mask.to(q.dtype)
+        if self._capture is not None:
+            record(self, "attn", attention_probs(q, k, attn_mask))  # (B*nW, heads, N, N)
         if torch.compiler.is_exporting():
             # torch 2.14's ONNX exporter cannot decompose SDPA with a mask under a dynamic batch; same maths spelled out
             weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + attn_mask  # (B*nW, heads, N, N)

@@ -16,6 +16,7 @@ from torch import nn
 from visattn.backbones.base import Backbone, StageInfo
 from visattn.layers import AttentionSlot, apply_slot_tokens, require
 from visattn.registry import BACKBONES
+from visattn.viz.capture import attention_probs, record
 
 # name -> (embed_dim, depth, num_heads) of the published patch-16 variants
 VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
@@ -37,6 +38,8 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -49,6 +52,8 @@ class Attention(nn.Module):
         heads, head_dim = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(batch, tokens, 3, heads, head_dim)  # (B, N, 3, heads, head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        if self._capture is not None:
+            record(self, "attn", attention_probs(q, k))  # (B, heads, N, N)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
         x = x.transpose(1, 2).reshape(batch, tokens, channels)  # (B, N, C)
         return self.proj(x)
