@@ -18,6 +18,7 @@ _LAZY = {
     "grad_cam": "visattn.viz.gradcam",
     "write_figures": "visattn.viz.figures",
     "visualize_run": "visattn.viz.run",
+    "measure_run": "visattn.viz.run",
 }
 
 

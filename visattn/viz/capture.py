@@ -66,6 +66,7 @@ class AttentionMaps(dict):
         super().__init__()
         self.rollouts: dict[str, list[str]] = {}  # rollout key -> the ViT attention keys it multiplies
         self.prefix_tokens: dict[str, int] = {}  # rollout key -> class/prefix tokens of that ViT
+        self.slot_keys: set[str] = set()  # the keys that are slots (the others are transformer layers)
 
     def finish(self) -> AttentionMaps:
         """Compute the derived maps from what the last forward recorded (done for you after each forward)."""
@@ -155,6 +156,7 @@ def capture(model: nn.Module) -> Iterator[AttentionMaps]:
         for name, module in model.named_modules():
             if isinstance(module, AttentionSlot) and module.block is not None:
                 store = maps.setdefault(name, {})
+                maps.slot_keys.add(name)
                 for sub in module.block.modules():
                     inside.add(id(sub))
                     if can_capture(sub):

@@ -75,16 +75,20 @@ def class_row_map(matrix: torch.Tensor, grid: tuple[int, int], prefix: int) -> t
 def sample_density(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Where an STN sampling grid (B, Ho, Wo, 2) reads its (H, W) input: (B, H, W), the share of samples per pixel.
 
-    Coordinates follow ``affine_grid(align_corners=False)``; samples outside the input (padding) are not counted.
+    Each sample is split bilinearly over its four neighbouring pixels, as ``grid_sample`` reads them;
+    coordinates follow ``affine_grid(align_corners=False)``; weight falling outside the input (padding) is dropped.
     """
     height, width = size
     batch = grid.shape[0]
-    x = ((grid[..., 0] + 1) * width - 1) / 2  # (B, Ho, Wo) pixel coordinates
-    y = ((grid[..., 1] + 1) * height - 1) / 2
-    col, row = x.round().long().flatten(1), y.round().long().flatten(1)  # (B, Ho*Wo)
-    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    index = (row.clamp(0, height - 1) * width + col.clamp(0, width - 1))  # (B, Ho*Wo)
+    x = (((grid[..., 0] + 1) * width - 1) / 2).flatten(1)  # (B, Ho*Wo) pixel coordinates
+    y = (((grid[..., 1] + 1) * height - 1) / 2).flatten(1)
+    x0, y0 = x.floor(), y.floor()
     counts = torch.zeros(batch, height * width, device=grid.device)
-    counts.scatter_add_(1, index, inside.float())
-    total = counts.sum(1, keepdim=True).clamp_min(1.0)
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        col, row = x0 + dx, y0 + dy
+        weight = (1 - (x - col).abs()) * (1 - (y - row).abs())  # (B, Ho*Wo)
+        inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+        index = row.clamp(0, height - 1).long() * width + col.clamp(0, width - 1).long()  # (B, Ho*Wo)
+        counts.scatter_add_(1, index, weight * inside)
+    total = counts.sum(1, keepdim=True).clamp_min(1e-12)
     return (counts / total).view(batch, height, width)  # (B, H, W)

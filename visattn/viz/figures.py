@@ -68,7 +68,8 @@ def analyse(
     spatial = {k: v.float().cpu() for k, v in spatial_maps(maps, pattern=pattern).items()}
     thetas = {k: e["theta"].cpu() for k, e in maps.items()
               if "theta" in e and (pattern is None or fnmatch.fnmatchcase(k, pattern))}
-    return Analysis(maps=maps, spatial=spatial, stages=stage_maps(spatial, model_stages(model), size),
+    stages = stage_maps(spatial, model_stages(model), size, slot_keys=maps.slot_keys)
+    return Analysis(maps=maps, spatial=spatial, stages=stages,
                     channels={k: v.float().cpu() for k, v in channel_maps(maps, pattern=pattern).items()},
                     thetas=thetas, gradcam=cam, logits=logits.detach().cpu())
 
@@ -193,13 +194,17 @@ def image_figure(
     strips = list(analysis.channels.items())[:MAX_STRIPS]
     cols = min(COLUMNS, len(panels))
     rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(2.1 * cols, 2.3 * rows + 0.25 * len(strips) + (0.3 if strips else 0)))
-    grid = fig.add_gridspec(rows + len(strips), cols, height_ratios=[1.0] * rows + [0.1] * len(strips),
-                            hspace=0.45, left=0.2 if strips else 0.03, right=0.98, top=0.92, bottom=0.03)
+    panel_height, strip_height = 2.3 * rows, (0.25 * len(strips) + 0.3 if strips else 0.0)
+    fig = Figure(figsize=(2.1 * cols, panel_height + strip_height))
+    split = strip_height / (panel_height + strip_height)  # figure fraction below the panels
+    grid = fig.add_gridspec(rows, cols, hspace=0.45, left=0.03, right=0.98, top=0.94, bottom=split + 0.02)
     for i, (_, draw) in enumerate(panels):
         draw(fig.add_subplot(grid[i // cols, i % cols]))
-    for j, (name, weights) in enumerate(strips):
-        draw_strip(fig.add_subplot(grid[rows + j, :]), weights[index], f"{name} ({weights.shape[1]} ch)")
+    if strips:
+        strip_grid = fig.add_gridspec(len(strips), 1, hspace=0.6, left=0.25, right=0.98, top=split - 0.01,
+                                      bottom=0.02)
+        for j, (name, weights) in enumerate(strips):
+            draw_strip(fig.add_subplot(strip_grid[j, 0]), weights[index], f"{name} ({weights.shape[1]} ch)")
     return fig
 
 

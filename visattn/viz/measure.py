@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import torch
@@ -67,12 +67,23 @@ def normalise_mass(maps: torch.Tensor) -> torch.Tensor:
 
 
 def stage_maps(
-    spatial: Mapping[str, torch.Tensor], stages: list[str], size: tuple[int, int]
+    spatial: Mapping[str, torch.Tensor],
+    stages: list[str],
+    size: tuple[int, int],
+    *,
+    slot_keys: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Average, per stage, of the maps at the image size, each normalised to sum 1 first: {stage: (B, H, W)}."""
+    """Average, per stage, of the maps at the image size, each normalised to sum 1 first: {stage: (B, H, W)}.
+
+    With ``slot_keys`` (``AttentionMaps.slot_keys``), a stage's transformer attention layers are averaged
+    apart from its slots, as ``"<stage> attn"``.
+    """
     groups: dict[str, list[torch.Tensor]] = {}
     for key, value in spatial.items():
-        groups.setdefault(stage_of(key, stages), []).append(normalise_mass(resize_maps(value, size)))
+        stage = stage_of(key, stages)
+        if slot_keys is not None and key not in slot_keys and stage != key:
+            stage = f"{stage} attn"
+        groups.setdefault(stage, []).append(normalise_mass(resize_maps(value, size)))
     return {stage: torch.stack(values).mean(0) for stage, values in groups.items()}
 
 
@@ -140,7 +151,8 @@ def box_mass_report(
                 model(batch)
             spatial = spatial_maps(maps, pattern=pattern)
             parts = dict(spatial)
-            parts.update({f"stage:{k}": v for k, v in stage_maps(spatial, stages, size).items()})
+            by_stage = stage_maps(spatial, stages, size, slot_keys=maps.slot_keys)
+            parts.update({f"stage:{k}": v for k, v in by_stage.items() if k not in spatial})  # not a lone slot again
             if with_gradcam:
                 parts["gradcam"] = grad_cam(model, batch)[0]
             for key, value in mass_in_boxes(parts, batch_boxes, img_size=size).items():

@@ -1,0 +1,124 @@
+"""Figures and box measurements for a trained run directory (the library side of ``tools/visualize.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: bool = False) -> tuple[nn.Module, Any]:
+    """The eval-mode model of a run and its ``ModelSpec``; ``untrained``: the same architecture, freshly
+    initialised with the run's seed (the reference a trained model is compared with)."""
+    from visattn.export import load_run
+
+    model, spec = load_run(run_dir, checkpoint=checkpoint)
+    if untrained:
+        torch.manual_seed(int(read_run_config(run_dir).seed))
+        model = spec.build().eval()
+    return model, spec
+
+
+def read_run_config(run_dir: str | Path) -> Any:
+    from visattn.config import make_config, read_yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
+    return make_config(read_yaml(path), {}, source=str(path))
+
+
+def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
+    """The run's classification data module (its data set, size, options), or data set ``data`` at its size."""
+    from dataclasses import replace
+
+    from visattn.train import build_datamodule
+
+    config = read_run_config(run_dir)
+    if config.task != "classify":
+        raise ValueError(f"{run_dir} is a {config.task!r} run; attention figures from its data need a classify run "
+                         "(pass --images DIR instead)")
+    if data is not None and data != config.data:
+        config = replace(config, data=data, data_dir=None, data_args={})
+    return build_datamodule(replace(config, num_workers=0))
+
+
+def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndarray, list[str]]:
+    """The first ``n`` images (sorted by path, searched recursively) as uint8 (n, size, size, 3), and their names."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)))
+    return np.stack(images), [str(p.relative_to(folder)) for p in paths]
+
+
+def visualize_run(
+    run_dir: str | Path,
+    *,
+    images_dir: str | Path | None = None,
+    data: str | None = None,
+    split: str = "test",
+    n: int = 8,
+    pattern: str | None = None,
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+    untrained: bool = False,
+) -> list[Path]:
+    """Write the figures of ``n`` images (a folder's, or the run's / ``data``'s ``split``) to ``out``.
+
+    Default ``out``: ``<run>/figures/<checkpoint>`` (``untrained`` for the fresh model). Returns the PNG paths,
+    ``index.png`` first.
+    """
+    from visattn.viz.figures import write_figures
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
+    out = Path(out) if out is not None else Path(run_dir) / "figures" / ("untrained" if untrained else checkpoint)
+    if images_dir is not None:
+        images, _ = read_image_folder(images_dir, size=spec.img_size, n=n)
+        boxes = labels = None
+        class_names = spec.class_names
+    else:
+        raw = run_datamodule(run_dir, data=data).raw_samples(split, n)
+        images, boxes, labels, class_names = raw.images, raw.boxes, raw.labels, raw.class_names
+    return write_figures(model, images, mean=spec.mean, std=spec.std, out_dir=out, pattern=pattern, boxes=boxes,
+                         labels=labels, class_names=class_names)
+
+
+def measure_run(
+    run_dir: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    n: int = 200,
+    pattern: str | None = None,
+    checkpoint: str = "best",
+    untrained: bool = False,
+    with_gradcam: bool = True,
+) -> dict[str, float]:
+    """``box_mass_report`` of a run's model over the first ``n`` images of ``split`` (a data set with boxes)."""
+    from visattn.viz.figures import to_inputs
+    from visattn.viz.measure import box_mass_report
+
+    model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
+    datamodule = run_datamodule(run_dir, data=data)
+    raw = datamodule.raw_samples(split, n)
+    if raw.boxes is None:
+        raise ValueError(f"data set {datamodule.name!r} records no object boxes; measuring attention mass in boxes "
+                         "needs one that does (e.g. cluttered-digits)")
+    inputs = to_inputs(raw.images, mean=spec.mean, std=spec.std)
+    return box_mass_report(model, inputs, raw.boxes, pattern=pattern, with_gradcam=with_gradcam)
