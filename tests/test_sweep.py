@@ -22,7 +22,7 @@ from visattn.sweep.grid import check_sweep_file
 from visattn.sweep.report import RunResult, summarize
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = {"data": "digits", "img_size": 32, "epochs": 2, "batch_size": 32, "limit": 96, "num_workers": 0,
+TRAIN = {"data": "digits", "img_size": 32, "epochs": 2, "batch_size": 32, "limit": 64, "num_workers": 0,
          "lr": 0.01, "backbone_args": {"base_width": 8}}
 BAD = {"block": "mhsa", "at": "input", "args": {"heads": 8}}  # 3 input channels cannot split into 8 heads
 SWEEP = {"backbone": "resnet18", "attn": ["none", "se", BAD], "seeds": [0, 1], "train": TRAIN}

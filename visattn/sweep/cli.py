@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs each run holds")
     add("--threads-per-run", type=int, help="torch threads of each run (default: cores // workers, or "
                                             "--cpus-per-run with Ray)")
+    add("--latency-threads", type=int, default=1, help="torch threads when timing batch-1 latency (default 1)")
     add("--skip-failed", action="store_true", help="keep recorded failures instead of retrying them")
     add("--report-only", action="store_true", help="only rewrite the tables and plots of the sweep directory")
     add("--dry-run", action="store_true", help="print the runs of the grid and exit")
@@ -128,7 +129,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(plans)} runs into {args.out}/{spec.default_name()}; metric {spec.metric_name}")
         return 0
     if args.report_only:
-        result = report_sweep(Path(args.out) / spec.default_name(), metric=args.metric)
+        result = report_sweep(Path(args.out) / spec.default_name(), metric=args.metric,
+                              latency_threads=args.latency_threads)
     else:
         if args.executor == "ray" and args.workers != 1:
             print("visattn: --workers is for the local executor; Ray runs as many at a time as the cluster's "
@@ -137,8 +139,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             result = run_sweep(spec, out=args.out, executor=args.executor, workers=args.workers,
                                ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                                gpus_per_run=args.gpus_per_run, threads_per_run=args.threads_per_run,
-                               retry_failed=not args.skip_failed,
-                               overwrite=args.overwrite)
+                               retry_failed=not args.skip_failed, overwrite=args.overwrite,
+                               latency_threads=args.latency_threads)
         except KeyboardInterrupt:
             print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
             return 130

@@ -279,12 +279,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_latencies(sweep_dir: Path, results: list[RunResult], *, rounds: int = 5,
+def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int = 1, rounds: int = 5,
                       repeats: int = 6) -> tuple[dict[str, float], dict[str, Any]]:
-    """Median batch-1 latency (ms) of each configuration with a finished run; cached in ``latency.json``.
+    """Median batch-1 CPU latency (ms) of each configuration with a finished run; cached in ``latency.json``.
 
-    The models are timed in turns (``rounds`` x ``repeats`` passes each, median of the round medians) so that
-    a slow spell of a shared machine is spread over all of them rather than landing on one.
+    ``threads``: torch threads while timing. One by default: a multi-threaded batch-1 pass of a small model
+    is mostly thread synchronisation, and on a shared machine it degrades by 10-100x for models with many
+    small ops (measured: CBAM 6.7 ms alone, 530 ms under load). The models are timed in turns (``rounds`` x
+    ``repeats`` passes each, median of the round medians) so a slow spell is spread over all of them.
     """
     import torch
 
@@ -292,7 +294,9 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, rounds: int 
 
     path = sweep_dir / "latency.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
-    info = cache.get("_info") or {"threads": torch.get_num_threads(), "repeats": rounds * repeats, "cpu": cpu_name()}
+    if (cache.get("_info") or {}).get("threads") != threads:
+        cache = {}  # timed with another thread count: not comparable
+    info = cache.get("_info") or {"threads": threads, "repeats": rounds * repeats, "cpu": cpu_name()}
     out: dict[str, float] = {k: v for k, v in cache.items() if k != "_info"}
     todo: dict[str, tuple[Any, tuple[int, int, int, int]]] = {}
     for r in results:
@@ -303,10 +307,15 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, rounds: int 
                 print(f"visattn: no latency for {r.plan.config}: cannot rebuild {r.plan.run_id}: {err}",
                       file=sys.stderr)
     medians: dict[str, list[float]] = {config: [] for config in todo}
-    for _ in range(rounds if todo else 0):
-        for config, (model, size) in todo.items():
-            timing = measure_latency(model, input_size=size, warmup=2, repeats=repeats, device="cpu")
-            medians[config].append(timing["median_ms"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(rounds if todo else 0):
+            for config, (model, size) in todo.items():
+                timing = measure_latency(model, input_size=size, warmup=2, repeats=repeats, device="cpu")
+                medians[config].append(timing["median_ms"])
+    finally:
+        torch.set_num_threads(before)
     out.update({config: statistics.median(values) for config, values in medians.items()})
     path.write_text(json.dumps({"_info": info, **out}, indent=2))
     return out, info

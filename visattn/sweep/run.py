@@ -123,7 +123,7 @@ def to_run(sweep_dir: Path, plans: list[RunPlan], *, retry_failed: bool) -> list
 def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | None = None, executor: str = "local",
               workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0,
               gpus_per_run: float = 0.0, threads_per_run: int | None = None, retry_failed: bool = True,
-              overwrite: bool = False, echo: bool = True) -> SweepResult:
+              overwrite: bool = False, latency_threads: int = 1, echo: bool = True) -> SweepResult:
     """Train every grid point not finished yet in ``<out>/<name>`` and write the results, summary and plots.
 
     Started again with the same spec, it skips finished runs and resumes unfinished ones from their last
@@ -177,24 +177,26 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
                 import ray
 
                 ray.shutdown()
-        return _report(sweep_dir, spec, plans, echo=echo)
+        return _report(sweep_dir, spec, plans, latency_threads=latency_threads, echo=echo)
 
 
-def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, echo: bool = True) -> SweepResult:
+def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_threads: int = 1,
+                 echo: bool = True) -> SweepResult:
     """Rewrite the tables and plots of an existing sweep directory (e.g. with another metric) without training."""
     sweep_dir = Path(sweep_dir)
     spec, plans = read_sweep_file(sweep_dir)
     if metric:
         spec.metric = metric
-    return _report(sweep_dir, spec, plans, echo=echo)
+    return _report(sweep_dir, spec, plans, latency_threads=latency_threads, echo=echo)
 
 
-def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, echo: bool) -> SweepResult:
+def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_threads: int,
+            echo: bool) -> SweepResult:
     metric = spec.metric_name
     results = collect(sweep_dir, plans, metric)
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
         raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
-    latency, info = measure_latencies(sweep_dir, results)
+    latency, info = measure_latencies(sweep_dir, results, threads=latency_threads)
     rows = summarize(results, latency)
     write_results_csv(results, sweep_dir / "results.csv", metric)
     plots = write_plots(rows, results, sweep_dir, metric)
