@@ -8,13 +8,16 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from visattn.viz.figures import write_figures  # imported with the callback, not mid-run
+
 
 class AttentionFigures(L.Callback):
     """Write ``visattn.viz.write_figures`` output to ``out_dir/epoch_XXX/`` (0-based epoch) every ``every_n_epochs``.
 
     The images are the first ``n_images`` of the data module's ``split`` (read once through its
     ``raw_samples``); figures also go to a TensorBoard logger when one is attached. Runs on global rank 0,
-    in eval mode, without touching gradients or the random state.
+    in eval mode, without touching gradients or the random state. A figure that fails to draw is
+    reported as a warning (``failures`` keeps the messages) and training goes on.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class AttentionFigures(L.Callback):
         self._samples: Any = None
         self._disabled = False
         self.written: list[Path] = []
+        self.failures: list[str] = []
 
     def samples(self, trainer: L.Trainer) -> Any:
         if self._samples is None:
@@ -57,15 +61,19 @@ class AttentionFigures(L.Callback):
         samples = self.samples(trainer)
         if samples is None:
             return
-        from visattn.viz.figures import write_figures
-
         augment = getattr(trainer.datamodule, "augment", None)
         mean = getattr(augment, "mean", (0.485, 0.456, 0.406))
         std = getattr(augment, "std", (0.229, 0.224, 0.225))
         model = getattr(pl_module, "model", pl_module)
         out = self.out_dir / f"epoch_{trainer.current_epoch:03d}"
-        paths = write_figures(model, samples.images, mean=mean, std=std, out_dir=out, pattern=self.pattern,
-                              boxes=samples.boxes, labels=samples.labels, class_names=samples.class_names)
+        try:
+            paths = write_figures(model, samples.images, mean=mean, std=std, out_dir=out, pattern=self.pattern,
+                                  boxes=samples.boxes, labels=samples.labels, class_names=samples.class_names)
+        except Exception as err:  # a figure is not worth the training run
+            message = f"epoch {trainer.current_epoch}: {type(err).__name__}: {err}"
+            self.failures.append(message)
+            rank_zero_warn(f"AttentionFigures: no figures for {message}")
+            return
         self.written.extend(paths)
         self.log_to_tensorboard(trainer, paths)
 
