@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -48,6 +48,24 @@ def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def nest_dotted(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"data_args.num_train": 64}`` -> ``{"data_args": {**base["data_args"], "num_train": 64}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." not in key:
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        current = out.get(head, base.get(head))
+        if current is None:
+            current = {}
+        if not isinstance(current, Mapping):
+            raise ConfigError(f"--set {key}=...: {head!r} is not a mapping (it is {current!r}); "
+                              f"set it whole with --set {head}=VALUE")
+        out[head] = {**current, **nest_dotted({rest: value}, current)}
+    return out
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", help="YAML file of TrainConfig keys; flags given here override it")
@@ -87,7 +105,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     file_values = read_yaml(args.config) if args.config else {}
-    overrides: dict[str, Any] = key_values(args.set, "--set")
+    overrides: dict[str, Any] = nest_dotted(key_values(args.set, "--set"), file_values)
     skip = {"config", "set", "trainer", "attn_at"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:

@@ -22,7 +22,7 @@ from visattn.heads.detect import DetectHead
 from visattn.layers import AttentionSlot, require
 from visattn.registry import NECKS
 
-__all__ = ["Detector", "build_detector", "postprocess"]
+__all__ = ["Detector", "DetectorWithNMS", "build_detector", "postprocess", "split_detections"]
 
 
 class Detector(nn.Module):
@@ -131,8 +131,9 @@ def freeze_unused(backbone: Backbone, img_size: int) -> list[str]:
     backbone.eval()
     try:
         image = torch.zeros(1, backbone.input.channels, img_size, img_size, device=params[0].device)
-        outputs = backbone.forward_stages(image)
-        grads = torch.autograd.grad(sum(x.sum() for x in outputs), params, allow_unused=True)
+        with torch.enable_grad():  # also when built under no_grad (e.g. while exporting)
+            outputs = backbone.forward_stages(image)
+            grads = torch.autograd.grad(sum(x.sum() for x in outputs), params, allow_unused=True)
     finally:
         for module, training in was_training.items():
             module.training = training
@@ -183,3 +184,44 @@ def build_detector(
         is_detector_file = any(key.startswith("backbone.") for key in read_state_dict(pretrained))
         detector.pretrained_report = load_pretrained(detector if is_detector_file else body, pretrained)
     return detector
+
+
+class DetectorWithNMS(nn.Module):
+    """An eval-mode detector plus class-wise NMS in the graph, for export.
+
+    ``forward``: images (B, 3, S, S) -> ``decoded`` (B, A, 4 + C) as :meth:`Detector.forward` in eval
+    mode, and ``detections`` (K, 7): rows ``batch, x0, y0, x1, y1, score, class`` ordered by image,
+    class, then descending score, at most ``max_det`` per image and class. NMS runs as
+    ``visattn::nms_select``, which exports to ONNX ``NonMaxSuppression``.
+    """
+
+    def __init__(self, detector: Detector, *, conf_threshold: float = 0.25, iou_threshold: float = 0.6,
+                 max_det: int = 100) -> None:
+        super().__init__()
+        require(0.0 <= conf_threshold < 1.0, "DetectorWithNMS", "conf_threshold", "in [0, 1)", conf_threshold)
+        require(0.0 < iou_threshold <= 1.0, "DetectorWithNMS", "iou_threshold", "in (0, 1]", iou_threshold)
+        require(max_det >= 1, "DetectorWithNMS", "max_det", ">= 1", max_det)
+        self.detector = detector.eval()
+        self.conf_threshold, self.iou_threshold, self.max_det = conf_threshold, iou_threshold, max_det
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from visattn.ops import nms_select
+
+        decoded = self.detector.decode(self.detector.forward_raw(images))  # (B, A, 4 + C)
+        boxes = decoded[..., :4]  # (B, A, 4)
+        scores = decoded[..., 4:].transpose(1, 2).contiguous()  # (B, C, A)
+        selected = nms_select(boxes, scores, self.max_det, self.iou_threshold, self.conf_threshold)  # (K, 3)
+        image, cls, anchor = selected[:, 0], selected[:, 1], selected[:, 2]  # each (K,)
+        detections = torch.cat([image[:, None].to(boxes.dtype), boxes[image, anchor],
+                                scores[image, cls, anchor][:, None], cls[:, None].to(boxes.dtype)], dim=1)
+        return decoded, detections  # (B, A, 4 + C), (K, 7)
+
+
+def split_detections(detections: torch.Tensor, batch: int, *, max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+    """(K, 7) rows from :class:`DetectorWithNMS` -> per image {"boxes", "scores", "labels"}, best ``max_det``."""
+    out = []
+    for image in range(batch):
+        rows = detections[detections[:, 0] == image]
+        rows = rows[rows[:, 5].argsort(descending=True)][:max_det]
+        out.append({"boxes": rows[:, 1:5], "scores": rows[:, 5], "labels": rows[:, 6].long()})
+    return out

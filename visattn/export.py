@@ -29,6 +29,9 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on logits
+# Detections may differ where two overlapping boxes of one class score within float noise of each other (NMS
+# keeps either); below this share of matched boxes the export fails.
+MIN_BOX_AGREEMENT = 0.95
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,12 +54,30 @@ class ModelSpec:
     class_names: list[str]
     mean: list[float]
     std: list[float]
+    neck: str | None = None  # detection only, as the rest below
+    scale: str | None = None
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.6
+    max_det: int = 100
 
     def build(self) -> nn.Module:
+        if self.task == "detect":
+            from visattn.detect import build_detector
+
+            return build_detector(self.backbone, attn=self.attn, num_classes=self.num_classes,
+                                  neck=self.neck or "pan", scale=self.scale or "n", img_size=self.img_size,
+                                  backbone_args=self.backbone_args)
         if self.task != "classify":
-            raise ExportError(f"task {self.task!r} cannot be exported by this version (classification only)")
+            raise ExportError(f"unknown task {self.task!r} in the model spec; valid tasks: classify, detect")
         return build_model(self.backbone, attn=self.attn, num_classes=self.num_classes, in_chans=self.in_chans,
                            img_size=self.img_size, backbone_args=self.backbone_args)
+
+    def class_weight_key(self) -> str:
+        """The state-dict key whose first dimension is the number of classes."""
+        probe = ModelSpec(**{**self.__dict__, "num_classes": 1}).build()
+        if self.task == "detect":
+            return f"head.cls_branches.0.{len(probe.head.cls_branches[0]) - 1}.weight"
+        return f"{probe.classifier_name}.weight"
 
 
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
@@ -91,16 +112,17 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Modul
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     augment = config.get("augment") or {}
+    task = config.get("task", "classify")
     spec = ModelSpec(
-        task=config.get("task", "classify"), backbone=config["backbone"], attn=config.get("attn"),
+        task=task, backbone=config["backbone"], attn=config.get("attn"),
         num_classes=0, in_chans=3, img_size=int(config["img_size"]), backbone_args=config.get("backbone_args") or {},
         class_names=list(metrics.get("class_names") or []), mean=list(augment.get("mean", IMAGENET_MEAN)),
         std=list(augment.get("std", IMAGENET_STD)),
+        neck=config.get("neck") if task == "detect" else None, scale=config.get("scale") if task == "detect" else None,
     )
-    probe = ModelSpec(**{**spec.__dict__, "num_classes": 1}).build()
-    head_key = f"{probe.classifier_name}.weight"
+    head_key = spec.class_weight_key()
     if head_key not in state:
-        raise ValueError(f"checkpoint of {run_dir} has no classifier weight {head_key!r}; is it a visattn run?")
+        raise ValueError(f"checkpoint of {run_dir} has no class weight {head_key!r}; is it a visattn {task} run?")
     spec.num_classes = int(state[head_key].shape[0])
     model = spec.build()
     model.load_state_dict(state, strict=True)
@@ -131,16 +153,21 @@ def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
 
 def sample_images(spec: ModelSpec, config: dict[str, Any], count: int, img_size: int) -> torch.Tensor | None:
     """Up to ``count`` normalised test images of the run's own data, or None when the data cannot be read here."""
+    common = dict(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size, batch_size=count,
+                  num_workers=0, limit=count)
     try:
-        from visattn.data import ClassificationDataModule
+        if spec.task == "detect":
+            from visattn.data.detect import DetectionDataModule
 
-        data = ClassificationDataModule(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size,
-                                        batch_size=count, num_workers=0, limit=count,
-                                        dataset_options=config.get("data_args") or None)
+            data = DetectionDataModule(**common, **(config.get("data_args") or {}))
+        else:
+            from visattn.data import ClassificationDataModule
+
+            data = ClassificationDataModule(**common, dataset_options=config.get("data_args") or None)
         data.setup("test")
         images, _ = next(iter(data.test_dataloader()))
         return images
-    except (ValueError, FileNotFoundError, StopIteration) as err:
+    except (ValueError, FileNotFoundError, StopIteration, TypeError) as err:
         warnings.warn(f"verification uses random input only: the run's data is not readable here ({err})",
                       stacklevel=2)
         return None
@@ -153,7 +180,46 @@ def compare(name: str, exported: torch.Tensor, eager: torch.Tensor, tolerance: f
             "passed": bool(diff <= tolerance)}
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int) -> Any:
+def detection_agreement(exported: torch.Tensor, eager: torch.Tensor) -> float:
+    """Share of detections (K, 7 rows from ``DetectorWithNMS``) found in both: same image and class, IoU >= 0.99,
+    score within 1e-3; 1.0 when both are empty."""
+    from torchvision.ops import box_iou
+
+    if len(exported) == 0 and len(eager) == 0:
+        return 1.0
+    matched = 0
+    for row in eager.float():
+        same = exported[(exported[:, 0] == row[0]) & (exported[:, 6] == row[6])].float()
+        if len(same):
+            iou = box_iou(row[None, 1:5], same[:, 1:5])[0]  # (n,)
+            best = int(iou.argmax())
+            matched += bool(iou[best] >= 0.99 and (same[best, 5] - row[5]).abs() <= 1e-3)
+    return matched / max(len(exported), len(eager))
+
+
+def compare_detection(name: str, exported: Any, eager: tuple[torch.Tensor, torch.Tensor], tolerance: float,
+                      nms: Any, side: int) -> dict[str, Any]:
+    """``exported``: (decoded, detections), or decoded alone (NMS then runs here through ``nms``).
+
+    ``max_abs_diff`` is the larger of the class-score difference and the box difference in units of the
+    input side (boxes are pixels, hundreds for real inputs, where float32 keeps ~1e-5 px per 100 px).
+    """
+    decoded, detections = exported if isinstance(exported, (tuple, list)) else (exported, None)
+    if detections is None:
+        detections = nms(decoded.float())
+    reference = eager[0].float()
+    delta = (decoded.float() - reference).abs()  # (B, A, 4 + C)
+    box_px = float(delta[..., :4].max())
+    score = float(delta[..., 4:].max())
+    diff = max(score, box_px / side)
+    agree = detection_agreement(detections.float(), eager[1].float())
+    return {"input": name, "batch": int(reference.shape[0]), "max_abs_diff": diff, "max_score_diff": score,
+            "max_box_diff_px": box_px, "detections": int(len(eager[1])), "box_agreement": agree,
+            "passed": bool(diff <= tolerance and agree >= MIN_BOX_AGREEMENT)}
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int,
+                output_names: Sequence[str] = ("logits",), translations: dict | None = None) -> Any:
     import onnx
     import onnxruntime as ort
 
@@ -162,12 +228,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
         need = " (STN's grid_sample alone needs opset >= 16)" if "stn" in blocks else ""
         raise ValueError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
                          f"opset >= {MIN_OPSET}{need}")
-    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None  # by position
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
-                              input_names=["x"], output_names=["logits"], verbose=False, external_data=False)
+                              input_names=["x"], output_names=list(output_names), verbose=False, external_data=False,
+                              custom_translation_table=translations)
     except Exception as err:  # the exporter's own message is long; keep its gist and name the blocks
         blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
         raise ExportError(f"ONNX export failed for a model with blocks {blocks or ['none']}: "
@@ -177,7 +244,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     if got != opset:
         raise ExportError(f"asked for ONNX opset {opset} but the exporter produced {got}; use --opset {got}")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    if len(output_names) == 1:
+        return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    return lambda x: tuple(torch.from_numpy(out) for out in session.run(None, {"x": x.numpy()}))
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Any:
@@ -211,11 +280,30 @@ def export_model(
     half: bool = False,
     images: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Write and verify each format into ``folder``; raises ExportError with the numbers when one does not match."""
+    """Write and verify each format into ``folder``; raises ExportError with the numbers when one does not match.
+
+    A detector's ONNX file holds box decoding and class-wise NMS (outputs ``decoded`` (B, A, 4 + C) and
+    ``detections`` (K, 7): batch, x0, y0, x1, y1, score, class); its TorchScript file and safetensors
+    weights give ``decoded``, and NMS runs outside (``visattn.detect.postprocess``).
+    """
     model = model.eval()
     dtype = torch.float16 if half else torch.float32
     if half:
         model = model.half()
+    detect = spec.task == "detect"
+    if detect:
+        from visattn.detect import DetectorWithNMS
+        from visattn.ops import nms_select, onnx_translations
+
+        with_nms = DetectorWithNMS(model, conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold,
+                                   max_det=spec.max_det)
+
+        def nms(decoded: torch.Tensor) -> torch.Tensor:  # the rows DetectorWithNMS gives, from decoded alone
+            boxes, scores = decoded[..., :4], decoded[..., 4:].transpose(1, 2).contiguous()
+            sel = nms_select(boxes, scores, spec.max_det, spec.iou_threshold, spec.conf_threshold)
+            img, cls, anchor = sel.unbind(1)
+            return torch.cat([img[:, None].to(boxes.dtype), boxes[img, anchor], scores[img, cls, anchor][:, None],
+                              cls[:, None].to(boxes.dtype)], dim=1)
     tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
     size = spec.img_size
     gen = torch.Generator().manual_seed(0)
@@ -228,10 +316,21 @@ def export_model(
     example = inputs["random"]
     report: dict[str, Any] = {"tolerance": tolerance, "dtype": str(dtype), "dynamic_batch": dynamic_batch,
                               "formats": {}}
+    if detect:
+        report["nms"] = {"onnx": "in the graph (NonMaxSuppression); outputs decoded, detections",
+                         "torchscript": "outside: the file gives decoded boxes and scores; run "
+                                        "visattn.detect.postprocess (torchvision batched_nms) on them",
+                         "safetensors": "outside, as for torchscript"}
+        report.update(conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold, max_det=spec.max_det)
     with torch.no_grad():
-        eager = {k: model(v) for k, v in inputs.items()}
+        eager = {k: (with_nms(v) if detect else model(v)) for k, v in inputs.items()}
         for fmt in formats:
-            if fmt == "onnx":
+            if fmt == "onnx" and detect:
+                path, run = folder / "model.onnx", export_onnx(with_nms, example, folder / "model.onnx",
+                                                               dynamic_batch=dynamic_batch, opset=opset,
+                                                               output_names=("decoded", "detections"),
+                                                               translations=onnx_translations())
+            elif fmt == "onnx":
                 path, run = folder / "model.onnx", export_onnx(model, example, folder / "model.onnx",
                                                                dynamic_batch=dynamic_batch, opset=opset)
             elif fmt == "torchscript":
@@ -239,13 +338,20 @@ def export_model(
                                                                                folder / "model.torchscript.pt")
             else:
                 path, run = folder / "model.safetensors", export_safetensors(model, spec, folder)
-            checks = [compare(name, run(x), eager[name], tolerance) for name, x in inputs.items()]
+            if detect:
+                checks = [compare_detection(name, run(x), eager[name], tolerance, nms, size)
+                          for name, x in inputs.items()]
+            else:
+                checks = [compare(name, run(x), eager[name], tolerance) for name, x in inputs.items()]
             report["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "checks": checks,
                                       "passed": all(c["passed"] for c in checks)}
     failed = {f: r for f, r in report["formats"].items() if not r["passed"]}
     if failed:
         worst = {f: max(c["max_abs_diff"] for c in r["checks"]) for f, r in failed.items()}
-        raise ExportError(f"exported model does not match eager within {tolerance:g}: max abs diff {worst}")
+        extra = ""
+        if detect:
+            extra = f"; box agreement {({f: min(c['box_agreement'] for c in r['checks']) for f, r in failed.items()})}"
+        raise ExportError(f"exported model does not match eager within {tolerance:g}: max abs diff {worst}{extra}")
     return report
 
 
