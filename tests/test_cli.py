@@ -40,10 +40,19 @@ def test_attn_at_and_set():
     assert attn_label(config.attn) == "se@layer4.x+stn@input"
 
 
+def test_set_dotted_keys_merge_into_mappings(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("task: detect\ndata_args: {num_train: 100, num_val: 20}\n")
+    config = parse(["--config", str(config_file), "--set", "data_args.num_train=64", "--set", "augment.hflip=0"])
+    assert config.data_args == {"num_train": 64, "num_val": 20} and config.augment == {"hflip": 0}
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
         (["--set", "epoch=3"], "Did you mean 'epochs'"),
+        (["--set", "data_arg.num_train=3"], "Did you mean 'data_args'"),
+        (["--set", "lr.value=3"], "'lr' is not a mapping"),
         (["--epochs", "0"], "epochs must be a positive integer"),
         (["--attn", "se,eca"], "one block per run"),
         (["--set", "lr"], "KEY=VALUE"),

@@ -23,9 +23,13 @@ def main() -> int:
                         img_size=args.img_size, opset=args.opset, half=args.half)
     for fmt, result in report["formats"].items():
         worst = max(c["max_abs_diff"] for c in result["checks"])
-        agree = min(c["top1_agreement"] for c in result["checks"])
-        print(f"{fmt:<12} {result['file']:<22} {result['bytes'] / 1e6:8.2f} MB  max |diff| {worst:.2e}  "
-              f"top-1 agreement {agree:.0%}  ok")
+        if "box_agreement" in result["checks"][0]:
+            agree = f"box agreement {min(c['box_agreement'] for c in result['checks']):.0%}"
+            boxes = sum(c["detections"] for c in result["checks"])
+            agree += f" ({boxes} boxes)  NMS {report['nms'][fmt].split(':')[0]}"
+        else:
+            agree = f"top-1 agreement {min(c['top1_agreement'] for c in result['checks']):.0%}"
+        print(f"{fmt:<12} {result['file']:<22} {result['bytes'] / 1e6:8.2f} MB  max |diff| {worst:.2e}  {agree}  ok")
     print(f"verified on {'real images and ' if report['real_images'] else ''}random input; "
           f"report: {report['run']}/export/report.json")
     print(json.dumps({"tolerance": report["tolerance"], "dynamic_batch": report["dynamic_batch"]}))

@@ -1,7 +1,7 @@
 """Predict with an exported model: ``python tools/predict.py --model runs/<dir>/export/model.onnx --images DIR``.
 
-Classification prints class and probability per image; detection prints one line per box and, with
-``--save-dir`` (default for detection: ``<export folder>/predictions``), saves each image with its boxes drawn.
+Classification prints class and probability per image; detection prints one line per box and saves each
+image with its boxes drawn to ``--save-dir`` (default: ``runs/<dir>/predictions``, beside ``export/``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def main() -> int:
     model = Path(args.model)
     detect = read_spec(model).get("task") == "detect"
     save_dir = args.save_dir
-    if detect and save_dir is None:
-        save_dir = (model if model.is_dir() else model.parent) / "predictions"
+    if detect and save_dir is None:  # beside export/, which a new export replaces whole
+        folder = model if model.is_dir() else model.parent
+        save_dir = (folder.parent if folder.name == "export" else folder) / "predictions"
     rows = predict_folder(model, args.images, batch_size=args.batch_size, out_csv=args.out, save_dir=save_dir,
                           conf_threshold=args.conf)
     for row in rows:

@@ -105,7 +105,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     file_values = read_yaml(args.config) if args.config else {}
-    overrides: dict[str, Any] = nest_dotted(key_values(args.set, "--set"), file_values)
+    overrides: dict[str, Any] = nest_dotted(key_values(args.set, "--set"), {**TrainConfig().to_dict(), **file_values})
     skip = {"config", "set", "trainer", "attn_at"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
