@@ -209,3 +209,19 @@ def test_ray_executor_gives_the_same_numbers(killed_and_resumed, tmp_path):
         losses = [json.loads((d / "runs" / row["run_id"] / "metrics.json").read_text())["test"]["loss"]
                   for d in (result.sweep_dir, killed_and_resumed["sweep_dir"])]
         assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-7)
+
+
+def test_detection_sweep_compares_map(tmp_path):
+    train = {"task": "detect", "data": "shapes", "img_size": 64, "epochs": 1, "batch_size": 8, "num_workers": 0,
+             "data_args": {"num_train": 16, "num_val": 8, "num_test": 8, "cache_dir": str(tmp_path / "cache")}}
+    spec = make_spec({"backbone": "csp_n", "attn": ["none", "eca"], "seeds": [0], "train": train}, {})
+    result = run_sweep(spec, out=tmp_path, name="det", echo=False, latency_threads=1)
+    rows = read_csv(tmp_path / "det" / "results.csv")
+    assert [(r["attn"], r["status"], r["metric_name"]) for r in rows] == [("none", "ok", "test.map"),
+                                                                         ("eca", "ok", "test.map")]
+    for row in rows:
+        metrics = json.loads((tmp_path / "det" / "runs" / row["run_id"] / "metrics.json").read_text())
+        assert float(row["metric"]) == metrics["test"]["map"] and metrics["task"] == "detect"
+    eca = {r.config: r for r in result.summary}["csp_n/eca"]
+    assert eca.params > {r.config: r for r in result.summary}["csp_n/none"].params and eca.latency_ms > 0
+    assert "csp_n/eca" in (tmp_path / "det" / "summary.md").read_text()
