@@ -139,3 +139,17 @@ def test_mismatch_fails_with_numbers_and_leaves_export_untouched(trained_run, mo
         export_run(trained_run, formats="torchscript,safetensors")
     assert {p.name: p.stat().st_mtime_ns for p in (trained_run / "export").iterdir()} == before
     assert not list(trained_run.glob(".export-*"))
+
+
+def test_half_export_verifies_against_half_eager(tmp_path):
+    spec = spec_for("resnet18", "cbam", 32, {"base_width": 8})
+    torch.manual_seed(0)
+    report = export_model(spec.build(), spec, tmp_path, formats=["onnx", "torchscript"], dynamic_batch=True,
+                          half=True)
+    assert report["dtype"] == "torch.float16" and report["tolerance"] == 5e-2
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    for fmt in ("onnx", "torchscript"):
+        assert all(c["passed"] and c["top1_agreement"] == 1.0 for c in report["formats"][fmt]["checks"])
