@@ -20,7 +20,8 @@ def test_defaults_and_task_defaults():
     config = parse([])
     assert (config.backbone, config.data, config.img_size, config.epochs) == ("resnet18", "digits", 32, 15)
     detect = parse(["--task", "detect"])
-    assert detect.data == "shapes" and detect.img_size == 160
+    assert detect.data == "shapes" and detect.img_size == 160 and detect.batch_size == 16
+    assert config.batch_size == 64 and parse(["--task", "detect", "--batch-size", "8"]).batch_size == 8
 
 
 def test_flags_override_file(tmp_path):

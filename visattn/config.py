@@ -37,7 +37,7 @@ class TrainConfig:
     limit: int | None = None  # use only the first N samples of each split
     skip_bad_images: bool = False
     epochs: int = 15
-    batch_size: int = 64
+    batch_size: int | None = None  # default: 64 (classify) or 16 (detect)
     lr: float = 2e-3
     weight_decay: float = 0.05
     optimizer: str = "adamw"
@@ -122,6 +122,8 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         config.data = "digits" if config.task == "classify" else "shapes"
     if config.img_size is None:
         config.img_size = 32 if config.task == "classify" else 160
+    if config.batch_size is None:
+        config.batch_size = 64 if config.task == "classify" else 16
     for key in ("epochs", "batch_size", "img_size", "num_nodes"):
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
