@@ -91,6 +91,18 @@ def test_detector_exports_with_nms_in_onnx(tmp_path, backbone):
     assert [o.name for o in graph.graph.output] == ["decoded", "detections"]
 
 
+@pytest.mark.parametrize("block", [b for b in visattn.list_attention() if b != "cbam"])  # cbam: above
+def test_every_block_in_the_neck_exports(tmp_path, block):
+    size, args = DETECTORS["csp_n"]
+    spec = detect_spec("csp_n", block, size, args, conf_threshold=0.2)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    spread_scores(model)
+    report = export_model(model, spec, tmp_path, formats=["onnx"], dynamic_batch=True)
+    assert all(c["passed"] and c["box_agreement"] == 1.0 and c["detections"] > 0
+               for c in report["formats"]["onnx"]["checks"])
+
+
 def test_detector_with_nms_agrees_with_postprocess():
     size, args = DETECTORS["csp_n"]
     torch.manual_seed(1)
