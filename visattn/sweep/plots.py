@@ -35,7 +35,8 @@ def metric_vs_macs(rows: list[ConfigSummary], path: Path, metric: str) -> None:
         marker = "s" if row.kind == "reference" else ("*" if row.attn == "none" else "o")
         ax.errorbar(row.macs / 1e6, row.mean, yerr=row.std or 0.0, fmt=marker, capsize=4, markersize=8,
                     label=row.config)
-        ax.annotate(row.config, (row.macs / 1e6, row.mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if ax.has_data():  # a legend, not labels at the points: configurations of equal cost would overprint
+        ax.legend(fontsize=8, loc="best", title="* baseline, ■ reference", title_fontsize=8)
     ax.set_xlabel("MMACs (batch 1)")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.set_title(f"{metric} vs cost")
