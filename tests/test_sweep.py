@@ -225,3 +225,26 @@ def test_detection_sweep_compares_map(tmp_path):
     eca = {r.config: r for r in result.summary}["csp_n/eca"]
     assert eca.params > {r.config: r for r in result.summary}["csp_n/none"].params and eca.latency_ms > 0
     assert "csp_n/eca" in (tmp_path / "det" / "summary.md").read_text()
+
+
+def test_sigterm_stops_the_sweep_and_its_processes(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**SWEEP, "attn": ["none"], "seeds": [0],
+                                      "train": {**TRAIN, "epochs": 50, "limit": 256}}))
+    cmd = [sys.executable, str(REPO / "tools" / "sweep.py"), "--config", str(config), "--out", str(tmp_path)]
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("tiny/runs/*/checkpoints/last.ckpt")):  # a run is training
+            assert proc.poll() is None, (tmp_path / "log").read_text()
+            assert time.monotonic() < deadline, "the run did not start in time"
+            time.sleep(0.2)
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    assert children
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if alive(pid)]
+    assert "run the same command again" in (tmp_path / "log").read_text()

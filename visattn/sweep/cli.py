@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,16 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         if args.executor == "ray" and args.workers != 1:
             print("visattn: --workers is for the local executor; Ray runs as many at a time as the cluster's "
                   "CPUs/GPUs allow given --cpus-per-run/--gpus-per-run", file=sys.stderr)
+
+        def stop(signum: int, frame: Any) -> None:
+            """SIGTERM: end the runs in progress (they resume next time) and leave as Ctrl-C does."""
+            import multiprocessing
+
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             result = run_sweep(spec, out=args.out, executor=args.executor, workers=args.workers,
                                ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
@@ -144,5 +155,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     failed = sum(r.status == "failed" for r in result.results)
     return 1 if failed and failed == len(result.results) else 0
