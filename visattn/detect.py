@@ -205,16 +205,19 @@ class DetectorWithNMS(nn.Module):
         self.conf_threshold, self.iou_threshold, self.max_det = conf_threshold, iou_threshold, max_det
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        decoded = self.detector.decode(self.detector.forward_raw(images))  # (B, A, 4 + C)
+        return decoded, self.select(decoded)  # (B, A, 4 + C), (K, 7)
+
+    def select(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoded (B, A, 4 + C) -> detections (K, 7) (the NMS half of ``forward``)."""
         from visattn.ops import nms_select
 
-        decoded = self.detector.decode(self.detector.forward_raw(images))  # (B, A, 4 + C)
         boxes = decoded[..., :4]  # (B, A, 4)
         scores = decoded[..., 4:].transpose(1, 2).contiguous()  # (B, C, A)
         selected = nms_select(boxes, scores, self.max_det, self.iou_threshold, self.conf_threshold)  # (K, 3)
         image, cls, anchor = selected[:, 0], selected[:, 1], selected[:, 2]  # each (K,)
-        detections = torch.cat([image[:, None].to(boxes.dtype), boxes[image, anchor],
-                                scores[image, cls, anchor][:, None], cls[:, None].to(boxes.dtype)], dim=1)
-        return decoded, detections  # (B, A, 4 + C), (K, 7)
+        return torch.cat([image[:, None].to(boxes.dtype), boxes[image, anchor],
+                          scores[image, cls, anchor][:, None], cls[:, None].to(boxes.dtype)], dim=1)  # (K, 7)
 
 
 def split_detections(detections: torch.Tensor, batch: int, *, max_det: int = 100) -> list[dict[str, torch.Tensor]]:

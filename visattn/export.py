@@ -293,17 +293,10 @@ def export_model(
     detect = spec.task == "detect"
     if detect:
         from visattn.detect import DetectorWithNMS
-        from visattn.ops import nms_select, onnx_translations
+        from visattn.ops import onnx_translations
 
         with_nms = DetectorWithNMS(model, conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold,
                                    max_det=spec.max_det)
-
-        def nms(decoded: torch.Tensor) -> torch.Tensor:  # the rows DetectorWithNMS gives, from decoded alone
-            boxes, scores = decoded[..., :4], decoded[..., 4:].transpose(1, 2).contiguous()
-            sel = nms_select(boxes, scores, spec.max_det, spec.iou_threshold, spec.conf_threshold)
-            img, cls, anchor = sel.unbind(1)
-            return torch.cat([img[:, None].to(boxes.dtype), boxes[img, anchor], scores[img, cls, anchor][:, None],
-                              cls[:, None].to(boxes.dtype)], dim=1)
     tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
     size = spec.img_size
     gen = torch.Generator().manual_seed(0)
@@ -339,7 +332,7 @@ def export_model(
             else:
                 path, run = folder / "model.safetensors", export_safetensors(model, spec, folder)
             if detect:
-                checks = [compare_detection(name, run(x), eager[name], tolerance, nms, size)
+                checks = [compare_detection(name, run(x), eager[name], tolerance, with_nms.select, size)
                           for name, x in inputs.items()]
             else:
                 checks = [compare(name, run(x), eager[name], tolerance) for name, x in inputs.items()]

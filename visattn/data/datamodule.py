@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,23 @@ class RawSamples:
     labels: np.ndarray  # (n,) int64
     boxes: np.ndarray | None  # (n, 4) float32 (x0, y0, x1, y1) in these images' pixels, or None
     class_names: list[str]
+
+
+def split_loader(dataset: Dataset, *, train: bool, batch_size: int, seed: int, num_workers: int,
+                 collate_fn: Callable | None = None) -> DataLoader:
+    """The loader of one split: training shuffles through ``EpochSampler`` (per-sample seeds from seed and epoch)
+    and drops a last batch of one sample (BatchNorm); workers are seeded by ``seed_worker``."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed=seed) if train else None,
+        drop_last=train and len(dataset) > batch_size,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+    )
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -196,19 +213,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _dataloader(self, split: str) -> DataLoader:
-        ds = self.dataset(split)
-        train = split == "train"
-        workers = self.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=EpochSampler(len(ds), seed=self.seed) if train else None,
-            drop_last=train and len(ds) > self.batch_size,  # no 1-sample last batch for BatchNorm
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=seed_worker if workers > 0 else None,
-        )
+        return split_loader(self.dataset(split), train=split == "train", batch_size=self.batch_size, seed=self.seed,
+                            num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._dataloader("train")

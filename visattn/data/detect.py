@@ -16,11 +16,10 @@ from typing import Any
 import cv2
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
-from visattn.data.base import SPLITS, DataError, EpochSampler, check, nearest
-from visattn.data.datamodule import default_num_workers
+from visattn.data.base import SPLITS, DataError, check, nearest
+from visattn.data.datamodule import default_num_workers, split_loader
 from visattn.data.detect_dataset import DetectionDataset, detection_collate
 from visattn.data.detect_readers import DetectionRecord, DetectionSource, decode_image, read_coco, read_yolo
 from visattn.data.detect_transforms import (
@@ -29,7 +28,6 @@ from visattn.data.detect_transforms import (
     build_detect_train_transform,
 )
 from visattn.data.shapes import ShapesParams, ensure_shapes
-from visattn.data.transforms import seed_worker
 from visattn.registry import Registry, keyword_names
 
 DETECTION_DATASETS: Registry[Any] = Registry("detection data set")
@@ -241,17 +239,8 @@ class DetectionDataModule(L.LightningDataModule):
             # A forked worker that touches OpenCV's thread pool (seed_worker's cv2.setNumThreads(1)) deadlocks
             # when the parent has used that pool; with one cv2 thread in the parent there is no pool to inherit.
             cv2.setNumThreads(1)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=EpochSampler(len(ds), seed=self.seed) if train else None,
-            drop_last=train and len(ds) > self.batch_size,  # no 1-sample last batch for BatchNorm
-            collate_fn=detection_collate,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=seed_worker if workers > 0 else None,
-        )
+        return split_loader(ds, train=train, batch_size=self.batch_size, seed=self.seed, num_workers=workers,
+                            collate_fn=detection_collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._dataloader("train")
