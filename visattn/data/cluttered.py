@@ -100,7 +100,7 @@ def load_cluttered_digits(
     *,
     n_train: int = 6000,
     n_val: int = 1000,
-    n_test: int = 1000,
+    n_test: int = 10000,
     canvas_size: int = 64,
     min_digit_size: int = 20,
     max_digit_size: int = 36,
@@ -112,6 +112,12 @@ def load_cluttered_digits(
 
     Digits are upscaled from 8x8 to a side drawn uniformly from ``min_digit_size..max_digit_size``;
     each distractor is a square crop, ``fragment_frac`` of a digit's side, of another glyph.
+
+    The test split is ten times the val split so that test-set sampling noise sits well below seed noise: at
+    86 % accuracy a 95 % Wilson interval is ±0.68 points on 10,000 images (±2.1 on 1,000), while ResNet-18
+    seeds differed by 0.4-1.9 points (std) in the first flagship sweep. Rendering it takes ~1 s and 41 MB
+    (64 px); note that the test canvases reuse the 269 test glyphs, so glyph-level difficulty is sampled
+    less finely than the image count suggests.
     """
     owner = "cluttered-digits"
     for arg, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
