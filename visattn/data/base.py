@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from visattn.layers.helpers import require
@@ -19,6 +20,10 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Fixed seed of every built-in split, independent of the training seed: the test set never moves.
 SPLIT_SEED = 20_240_917
 Transform = Callable[..., dict[str, Any]]  # an albumentations Compose: transform(image=hwc_uint8)["image"]
+# PIL modes that cannot be mapped to 8 bits without guessing a range (see ``pil_to_rgb``).
+UNSUPPORTED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+# What PIL raises for a file it cannot open or decode (DecompressionBombError: over Image.MAX_IMAGE_PIXELS).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -98,6 +103,31 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[:, :, None]
     return np.ascontiguousarray(np.repeat(image, 3, axis=2)) if image.shape[2] == 1 else image
+
+
+def pil_to_rgb(image: Image.Image, path: str | Path) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3); 16-bit grey is scaled to 8 bits as OpenCV's reader does (``v >> 8``).
+
+    ``convert("RGB")`` would saturate 16-bit values at 255 (a white image). 32-bit integer and float
+    images (modes I and F) have no fixed value range to map to 0..255, so they are refused.
+    """
+    if image.mode.startswith("I;16"):
+        return to_rgb((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))  # native order, (H, W)
+    if image.mode in UNSUPPORTED_MODES:
+        raise DataError(f"image file {path} has {UNSUPPORTED_MODES[image.mode]} pixels (PIL mode {image.mode}), "
+                        "which have no fixed 0..255 mapping; convert it to 8- or 16-bit (PNG, TIFF or JPEG).")
+    return np.asarray(image.convert("RGB"))
+
+
+def read_label_text(path: Path, owner: str) -> str:
+    """A label, class-name or annotation file as text: UTF-8, with or without a byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{owner}: {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "save it as UTF-8.") from None
+    except OSError as err:
+        raise DataError(f"{owner}: cannot read {path} ({err.strerror or err}).") from None
 
 
 def apply_transform(transform: Transform | None, image: np.ndarray, seed: int | None) -> Any:

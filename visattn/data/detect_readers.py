@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import SPLITS, DataError
+from visattn.data.base import DECODE_ERRORS, SPLITS, DataError, read_label_text
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
@@ -87,13 +87,16 @@ class _BoxFixer:
                           f"first in {self.example}.", stacklevel=3)
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header, or None if it cannot be read."""
+def image_size(path: Path, owner: str) -> tuple[int, int]:
+    """(width, height) from the file header; DataError naming the file and the reason if it cannot be read.
+
+    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` here (``DecompressionBombError``).
+    """
     try:
         with Image.open(path) as im:
             return im.size
-    except (OSError, SyntaxError, ValueError):
-        return None
+    except DECODE_ERRORS as err:
+        raise DataError(f"{owner}: cannot read image file {path} ({type(err).__name__}: {err}).") from None
 
 
 def decode_image(path: Path) -> np.ndarray | None:
@@ -131,14 +134,34 @@ def _coco_file(root: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def _load_json(path: Path, name: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"coco: cannot read annotation file {path} ({err}).") from None
+        data = json.loads(read_label_text(path, name))
+    except ValueError as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{name}: cannot read annotation file {path} ({err}).") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
-        raise DataError(f"coco: {path} is not a COCO instances file (needs lists 'images' and 'categories').")
+        raise DataError(f"{name}: {path} is not a COCO instances file (needs lists 'images' and 'categories').")
+    if not isinstance(data.get("annotations"), list):
+        # Without the key every image would silently be background: refused for every split (training on it
+        # learns nothing, evaluating on it measures nothing). Images without objects need "annotations": [].
+        what = "has no 'annotations' list" if "annotations" not in data else "has an 'annotations' that is not a list"
+        raise DataError(f"{name}: {path} {what}; every split needs one (use \"annotations\": [] for a split whose "
+                        "images have no objects). Image-info files without annotations (e.g. COCO test-dev) cannot "
+                        "be trained or evaluated on.")
     return data
+
+
+def _confined(root: Path, file_name: str, where: str, name: str) -> None:
+    """Refuse a ``file_name`` that leads outside the data root (``..`` or an absolute path elsewhere).
+
+    The check is lexical, so a symlinked image folder inside the root still works.
+    """
+    base = Path(os.path.normpath(root.absolute()))
+    if not Path(os.path.normpath(base / file_name)).is_relative_to(base):
+        raise DataError(f"{name}: file_name {file_name!r} in {where} points outside the data root {root}; "
+                        "image paths must stay inside it.")
 
 
 def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = False,
@@ -153,7 +176,7 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
     source = DetectionSource(name=name, class_names=[], splits={})
     categories: list[tuple[int, str]] | None = None
     for split, ann_file in files.items():
-        data = _load_json(ann_file)
+        data = _load_json(ann_file, name)
         try:
             cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
         except (KeyError, TypeError, ValueError):
@@ -168,10 +191,14 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
         images: dict[int, dict[str, Any]] = {}
         for img in data["images"]:
             try:
-                images[int(img["id"])] = img
+                image_id = int(img["id"])
             except (KeyError, TypeError, ValueError):
                 raise DataError(f"{name}: image entry without an int 'id' in {ann_file}: {img!r}.") from None
-        for ann in data.get("annotations", []):
+            if image_id in images:
+                raise DataError(f"{name}: duplicate image id {image_id} in {ann_file} (file_names "
+                                f"{images[image_id].get('file_name')!r} and {img.get('file_name')!r}).")
+            images[image_id] = img
+        for ann in data["annotations"]:
             ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
             where = f"{ann_file} (annotation id {ann_id})"
             try:
@@ -193,6 +220,7 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
         records = []
         for image_id, img in images.items():
             file_name = str(img.get("file_name", ""))
+            _confined(root, file_name, f"{ann_file} (image id {image_id})", name)
             candidates = [Path(file_name)] if Path(file_name).is_absolute() else [
                 root / "images" / tag / file_name, root / tag / file_name, root / "images" / file_name,
                 root / file_name]
@@ -206,13 +234,13 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
             try:
                 width, height = int(img["width"]), int(img["height"])
             except (KeyError, TypeError, ValueError):
-                size = image_size(path)
-                if size is None:
+                try:
+                    width, height = image_size(path, name)
+                except DataError:
                     if skip_bad_images:
                         source.skipped.append(path)
                         continue
-                    raise DataError(f"{name}: cannot read image file {path}.") from None
-                width, height = size
+                    raise
             anns = per_image.get(image_id, [])
             boxes = np.array([a[0] for a in anns], np.float64).reshape(-1, 4)  # (N, 4)
             labels = np.array([a[1] for a in anns], np.int64)
@@ -233,7 +261,7 @@ def _yolo_names(root: Path) -> list[str] | None:
             import yaml
 
             try:
-                names = (yaml.safe_load(path.read_text()) or {}).get("names")
+                names = (yaml.safe_load(read_label_text(path, "yolo")) or {}).get("names")
             except (yaml.YAMLError, AttributeError) as err:
                 raise DataError(f"yolo: cannot read {path} ({err}).") from None
             if isinstance(names, dict):
@@ -243,14 +271,14 @@ def _yolo_names(root: Path) -> list[str] | None:
             return [str(n) for n in names]
     path = root / "classes.txt"
     if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in read_label_text(path, "yolo").splitlines() if line.strip()]
     return None
 
 
 def _parse_yolo_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """cx, cy, w, h normalised (N, 4) float64 and class ids (N,) of one label file (validated)."""
     rows, classes = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_label_text(path, "yolo").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -285,12 +313,13 @@ def read_yolo(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
         files = sorted(p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         raw[split] = []
         for position, path in enumerate(files, start=1):
-            size = image_size(path)
-            if size is None:
+            try:
+                size = image_size(path, "yolo")
+            except DataError:
                 if skip_bad_images:
                     source.skipped.append(path)
                     continue
-                raise DataError(f"yolo: cannot read image file {path}.")
+                raise
             label_file = root / "labels" / split / f"{path.stem}.txt"
             if label_file.is_file():
                 boxes, classes = _parse_yolo_file(label_file, None if names is None else len(names))

@@ -13,11 +13,14 @@ from torch.utils.data import Dataset
 from visattn.data.base import (
     SPLIT_SEED,
     SPLITS,
+    DECODE_ERRORS,
+    UNSUPPORTED_MODES,
     DataError,
     DataSource,
     Transform,
     apply_transform,
     check,
+    pil_to_rgb,
     stratified_split,
 )
 from visattn.registry import DATASETS
@@ -58,11 +61,14 @@ class ImageFileDataset(Dataset):
         path = self.paths[index]
         try:
             with Image.open(path) as im:
-                if self.draft_size is not None:
+                if self.draft_size is not None and im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
                     im.draft("RGB", (self.draft_size, self.draft_size))  # JPEG: DCT downscale; else no-op
-                return np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"imagefolder: cannot decode image file {path} ({err}).") from err
+                im.load()
+                return pil_to_rgb(im, path)
+        except DataError:
+            raise
+        except DECODE_ERRORS as err:
+            raise DataError(f"imagefolder: cannot decode image file {path} ({type(err).__name__}: {err}).") from None
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -102,11 +108,30 @@ def _scan(tree: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def _jpeg_is_complete(path: Path) -> bool:
+    """Does the file end with the JPEG end-of-image marker (FF D9)? A truncated JPEG does not."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 2))
+        return f.read(2) == b"\xff\xd9"
+
+
 def _is_decodable(path: Path) -> tuple[bool, str]:
-    """Cheap header + structure check (``PIL.Image.verify``) without decoding the pixels."""
+    """Will ``ImageFileDataset`` decode this file? Checked up front so that training never meets a bad file.
+
+    ``verify`` alone passes a truncated JPEG (it does not read the pixel data). Full decoding finds it
+    but costs ~2 ms per ImageNet-sized JPEG, so a JPEG is decoded only when it lacks its end marker
+    (decoding then tells truncation from harmless trailing bytes); a PNG's ``verify`` already checks
+    every chunk up to IEND; other formats are decoded. Opening raises ``DecompressionBombError`` for
+    images over ``PIL.Image.MAX_IMAGE_PIXELS``; 32-bit and float images are refused (see ``pil_to_rgb``).
+    """
     try:
         with Image.open(path) as im:
-            im.verify()
+            if im.mode in UNSUPPORTED_MODES:
+                return False, f"{UNSUPPORTED_MODES[im.mode]} pixels (PIL mode {im.mode}) are not supported"
+            if im.format == "PNG" or (im.format == "JPEG" and _jpeg_is_complete(path)):
+                im.verify()
+            else:
+                im.load()
         return True, ""
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
         return False, f"{type(err).__name__}: {err}"
@@ -128,8 +153,9 @@ def load_image_folder(
 ) -> DataSource:
     """Scan, verify and split an image folder; missing ``val/``/``test/`` trees are carved from train.
 
-    The carve is stratified and fixed (``SPLIT_SEED``). Every file is checked with PIL's ``verify`` up
-    front; an undecodable one raises naming it, or is skipped and counted when ``skip_bad_images``.
+    The carve is stratified and fixed (``SPLIT_SEED``). Every file is checked up front (``_is_decodable``:
+    truncated, over PIL's pixel limit, 32-bit/float); a bad one raises naming it, or is skipped and counted
+    when ``skip_bad_images``.
     """
     owner = "imagefolder"
     ok = isinstance(val_ratio, (int, float)) and 0 <= val_ratio < 1

@@ -1,0 +1,263 @@
+"""Bad inputs get one clear error naming the file or value (exit 2 from the tools), or are skipped and counted.
+
+Image files (truncated, over PIL's pixel limit, 16/32-bit), label files (encoding, BOM), COCO files (paths,
+ids, missing annotations), predict (batch mode, --batch-size, --out), pretrained reports, stale export staging.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visattn.data import ClassificationDataModule, DataError
+from visattn.data.detect_readers import read_coco, read_yolo
+from visattn.data.folders import ImageFileDataset, load_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_tool(script: str, argv: list[str], capsys: pytest.CaptureFixture[str],
+             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run ``tools/<script>`` in this process as a user would; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "tools" / script), run_name="__main__")
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    """Exit 2, one paragraph starting ``visattn: error:``, no traceback, naming every needle."""
+    assert code == 2, err
+    assert err.startswith("visattn: error:") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def jpeg(path: Path, size: int = 24, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def image_folder(root: Path, per_class: int = 5) -> Path:
+    for c, name in enumerate(("a", "b")):
+        for i in range(per_class):
+            jpeg(root / name / f"{i}.jpg", seed=10 * c + i)
+    return root
+
+
+def truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+# ------------------------------------------------------------ truncated JPEG
+def test_truncated_jpeg_found_up_front(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data")
+    bad = truncate(root / "b" / "3.jpg")
+    with Image.open(bad) as im:
+        im.verify()  # the old check passed it
+    with pytest.raises(DataError, match=r"b/3\.jpg.*truncated"):
+        load_image_folder(data_dir=root)
+    source = load_image_folder(data_dir=root, skip_bad_images=True)
+    assert source.skipped == [bad]
+    kept = [p for split in source.splits.values() for p in split.paths]
+    assert bad not in kept and len(kept) == 9
+    for split in source.splits.values():  # every kept file decodes: training and test never meet a bad one
+        for i in range(len(split)):
+            assert split.raw(i).shape == (24, 24, 3)
+
+
+def test_jpeg_with_trailing_bytes_is_kept(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data")
+    path = root / "a" / "0.jpg"
+    path.write_bytes(path.read_bytes() + b"camera maker notes")  # no end marker last, yet complete
+    assert len([p for s in load_image_folder(data_dir=root).splits.values() for p in s.paths]) == 10
+
+
+def test_truncated_jpeg_cli_error_names_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    root = image_folder(tmp_path / "data")
+    truncate(root / "a" / "2.jpg")
+    out = tmp_path / "runs"
+    code, _, err = run_tool("train.py", ["--data", "imagefolder", "--data-dir", str(root), "--epochs", "1",
+                                         "--img-size", "32", "--num-workers", "0", "--out", str(out), "--name", "t",
+                                         "--set", "backbone_args={base_width: 8}"], capsys, monkeypatch)
+    assert_user_error(code, err, "a/2.jpg", "truncated")
+    assert not (out / "t" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------ pixel limit
+def test_over_pixel_limit_in_image_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = image_folder(tmp_path / "data")
+    big = jpeg(root / "a" / "big.jpg", size=64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 24x24 = 576 is fine, 64x64 = 4096 > 2 x 1000
+    with pytest.raises(DataError, match=r"big\.jpg.*DecompressionBombError"):
+        load_image_folder(data_dir=root)
+    assert load_image_folder(data_dir=root, skip_bad_images=True).skipped == [big]
+    with pytest.raises(DataError, match=r"big\.jpg.*DecompressionBombError"):  # and at load time
+        ImageFileDataset([big], np.zeros(1)).raw(0)
+
+
+def test_over_pixel_limit_in_yolo_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "yolo"
+    for split, size in (("train", 24), ("val", 24)):
+        jpeg(root / "images" / split / "ok.jpg", size=size)
+    big = jpeg(root / "images" / "train" / "big.jpg", size=64)
+    (root / "classes.txt").write_text("a\n")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"yolo: cannot read image file .*big\.jpg \(DecompressionBombError"):
+        read_yolo(root)
+    source = read_yolo(root, skip_bad_images=True)
+    assert source.skipped == [big] and [r.path.name for r in source.splits["train"]] == ["ok.jpg"]
+
+
+def test_over_pixel_limit_in_coco_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = coco_set(tmp_path / "coco")
+    big = jpeg(root / "images" / "train" / "big.jpg", size=64)
+    coco = json.loads((root / "annotations" / "instances_train.json").read_text())
+    coco["images"].append({"id": 9, "file_name": "big.jpg"})  # no width/height: read from the file
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(coco))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"cannot read image file .*big\.jpg \(DecompressionBombError"):
+        read_coco(root)
+    assert read_coco(root, skip_bad_images=True).skipped == [big]
+
+
+# ------------------------------------------------------------ 16-bit, 32-bit, float
+def test_16bit_png_scaled_like_opencv(tmp_path: Path) -> None:
+    import cv2
+
+    values = np.linspace(0, 65535, 24 * 24).round().astype(np.uint16).reshape(24, 24)  # spans 0..65535
+    root = image_folder(tmp_path / "data")
+    path = root / "a" / "deep.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    source = load_image_folder(data_dir=root)
+    split = next(s for s in source.splits.values() if path in s.paths)
+    rgb = split.raw(split.paths.index(path))
+    assert rgb.dtype == np.uint8 and rgb.shape == (24, 24, 3)
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.array_equal(rgb[..., 0], (values >> 8).astype(np.uint8))  # not saturated at 255
+    reference = cv2.imread(str(path), cv2.IMREAD_COLOR)  # the detection path's reader
+    assert np.array_equal(rgb, reference[..., ::-1])
+
+
+@pytest.mark.parametrize(("dtype", "mode"), [(np.int32, "I"), (np.float32, "F")])
+def test_32bit_and_float_refused_by_name(tmp_path: Path, dtype: type, mode: str) -> None:
+    root = image_folder(tmp_path / "data")
+    path = root / "b" / "wide.tiff"
+    Image.fromarray(np.full((24, 24), 3, dtype)).save(path)
+    with pytest.raises(DataError, match=rf"wide\.tiff.*PIL mode {mode}\)"):
+        load_image_folder(data_dir=root)
+    assert load_image_folder(data_dir=root, skip_bad_images=True).skipped == [path]
+    with pytest.raises(DataError, match=rf"wide\.tiff has 32-bit .* \(PIL mode {mode}\).*convert it"):
+        ImageFileDataset([path], np.zeros(1)).raw(0)
+
+
+# ------------------------------------------------------------ label file encodings
+def yolo_set(root: Path, label: bytes, names: bytes = b"a\nb\n") -> Path:
+    for split in ("train", "val"):
+        jpeg(root / "images" / split / "x.jpg")
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "x.txt").write_bytes(label)
+    (root / "classes.txt").write_bytes(names)
+    return root
+
+
+def test_label_files_utf8_bom_accepted(tmp_path: Path) -> None:
+    bom = b"\xef\xbb\xbf"
+    source = read_yolo(yolo_set(tmp_path / "y", bom + b"1 0.5 0.5 0.5 0.5\n", bom + "chat\nb\u00e9b\u00e9\n".encode()))
+    assert source.class_names == ["chat", "b\u00e9b\u00e9"]
+    assert source.splits["train"][0].labels.tolist() == [1]
+    root = tmp_path / "yaml"
+    yolo_set(root, b"0 0.5 0.5 0.5 0.5\n", b"")
+    (root / "classes.txt").unlink()
+    (root / "data.yaml").write_bytes(bom + "names: [caf\u00e9]\n".encode())
+    assert read_yolo(root).class_names == ["caf\u00e9"]
+    coco = coco_set(tmp_path / "c")
+    path = coco / "annotations" / "instances_train.json"
+    path.write_bytes(bom + path.read_bytes())
+    assert len(read_coco(coco).splits["train"]) == 1
+
+
+@pytest.mark.parametrize("which", ["label", "names", "yaml", "coco"])
+def test_label_files_not_utf8_named(tmp_path: Path, which: str) -> None:
+    latin1 = "caf\u00e9\n".encode("latin-1")
+    if which == "coco":
+        root = coco_set(tmp_path / "c")
+        path = root / "annotations" / "instances_val.json"
+        path.write_bytes(path.read_bytes().replace(b'"c3"', b'"caf\xe9"'))
+        reader = read_coco
+    else:
+        root = yolo_set(tmp_path / "y", latin1 if which == "label" else b"0 0.5 0.5 0.5 0.5\n",
+                        latin1 if which == "names" else b"a\n")
+        path = {"label": root / "labels" / "train" / "x.txt", "names": root / "classes.txt"}.get(which)
+        if which == "yaml":
+            (root / "classes.txt").unlink()
+            path = root / "data.yaml"
+            path.write_bytes(b"names: [" + latin1.strip() + b"]\n")
+        reader = read_yolo
+    with pytest.raises(DataError, match=rf"{path.name} is not UTF-8 text.*save it as UTF-8"):
+        reader(root)
+
+
+# ------------------------------------------------------------ COCO
+def coco_set(root: Path, *, train_images: list[dict] | None = None, annotations: bool = True) -> Path:
+    """Two 24x24 JPEGs (train x.jpg, val y.jpg), one box each, categories 3 ('c3') and 7."""
+    jpeg(root / "images" / "train" / "x.jpg")
+    jpeg(root / "images" / "val" / "y.jpg")
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "x.jpg"), ("val", "y.jpg")):
+        images = train_images if (split == "train" and train_images is not None) else [
+            {"id": 1, "file_name": name, "width": 24, "height": 24}]
+        coco = {"images": images, "categories": [{"id": 3, "name": "c3"}, {"id": 7, "name": "c7"}]}
+        if annotations:
+            coco["annotations"] = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [2, 2, 10, 10]}]
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_coco_file_name_confined_to_root(tmp_path: Path) -> None:
+    outside = jpeg(tmp_path / "secret.jpg")
+    for file_name in ("../../../secret.jpg", str(outside)):
+        root = coco_set(tmp_path / f"c{len(file_name)}",
+                        train_images=[{"id": 1, "file_name": file_name, "width": 24, "height": 24}])
+        with pytest.raises(DataError, match=r"file_name .*secret\.jpg.*instances_train\.json.*outside the data "
+                                            r"root"):
+            read_coco(root)
+        with pytest.raises(DataError, match="outside the data root"):
+            read_coco(root, skip_bad_images=True)
+    inside = tmp_path / "inside" / "images" / "train" / "x.jpg"
+    root = coco_set(tmp_path / "inside", train_images=[{"id": 1, "file_name": str(inside)}])
+    assert read_coco(root).splits["train"][0].path == inside  # an absolute path inside the root is fine
+
+
+def test_coco_duplicate_image_id(tmp_path: Path) -> None:
+    jpeg(tmp_path / "c" / "images" / "train" / "z.jpg")
+    root = coco_set(tmp_path / "c", train_images=[{"id": 1, "file_name": "x.jpg", "width": 24, "height": 24},
+                                                  {"id": 1, "file_name": "z.jpg", "width": 24, "height": 24}])
+    with pytest.raises(DataError, match=r"duplicate image id 1 in .*instances_train\.json"):
+        read_coco(root)
+
+
+def test_coco_without_annotations_refused(tmp_path: Path) -> None:
+    root = coco_set(tmp_path / "c", annotations=False)
+    with pytest.raises(DataError, match=r"instances_train\.json has no 'annotations' list.*\"annotations\": \[\]"):
+        read_coco(root)
+    path = root / "annotations" / "instances_train.json"
+    coco = json.loads(path.read_text())
+    path.write_text(json.dumps({**coco, "annotations": []}))  # an explicit empty list is fine ...
+    with pytest.raises(DataError, match=r"instances_val\.json has no 'annotations'"):  # ... val needs one too
+        read_coco(root)
