@@ -57,6 +57,8 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32"
+    channels_last: bool = False  # NHWC weights/activations; not faster on the CPUs measured (benchmarks/README.md)
+    compile: bool = False  # torch.compile the model (nn.Module.compile: state-dict keys unchanged)
     trainer: dict[str, Any] = field(default_factory=dict)  # any further lightning.Trainer arguments
     visualize_every: int | None = None
 
@@ -132,8 +134,8 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         raise ConfigError(f"lr must be > 0, got {config.lr!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
-    if config.precision not in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"):
-        raise ConfigError(f"precision {config.precision!r} not supported; use 32, bf16-mixed or 16-mixed")
+    if config.precision not in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"):
+        raise ConfigError(f"precision {config.precision!r} not supported; use auto, 32, bf16-mixed or 16-mixed")
     if isinstance(config.attn, str) and "," in config.attn:
         raise ConfigError(f"attn {config.attn!r}: one block per run (use tools/sweep.py to compare several)")
     return config

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger
 
 from visattn.config import ConfigError, TrainConfig, attn_label, save_config
+from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, ThroughputMonitor
 
@@ -96,14 +97,26 @@ def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
         model = build_detector(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
                                neck=config.neck, scale=config.scale, img_size=config.img_size,
                                pretrained=config.pretrained, backbone_args=config.backbone_args)
-        return DetectionModule(model, num_classes=datamodule.num_classes, img_size=config.img_size, **common)
+        return apply_speed_options(DetectionModule(model, num_classes=datamodule.num_classes,
+                                                   img_size=config.img_size, **common), config)
     from visattn.tasks.classify import ClassificationModule
 
     model = build_model(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
                         in_chans=datamodule.in_chans, img_size=config.img_size, pretrained=config.pretrained,
                         backbone_args=config.backbone_args)
-    return ClassificationModule(model, num_classes=datamodule.num_classes, img_size=config.img_size,
-                                in_chans=datamodule.in_chans, label_smoothing=config.label_smoothing, **common)
+    module = ClassificationModule(model, num_classes=datamodule.num_classes, img_size=config.img_size,
+                                  in_chans=datamodule.in_chans, label_smoothing=config.label_smoothing, **common)
+    return apply_speed_options(module, config)
+
+
+def apply_speed_options(module: L.LightningModule, config: TrainConfig) -> L.LightningModule:
+    """``channels_last``: NHWC weights (convolutions then run NHWC); ``compile``: ``nn.Module.compile`` in place,
+    so state-dict keys, checkpoints and export stay as without it. Measured per backbone in benchmarks/README.md."""
+    if getattr(config, "channels_last", False):
+        module.model.to(memory_format=torch.channels_last)
+    if getattr(config, "compile", False):
+        module.model.compile()
+    return module
 
 
 def monitor_metric(config: TrainConfig) -> str:
@@ -133,7 +146,9 @@ def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
 def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
     if resuming and not is_launched_child():
         keep_previous_logs(run_dir)
-    throughput = ThroughputMonitor()
+    # precision "auto" is resolved here, for this machine; metrics.json records the choice and the reason
+    precision, precision_reason = resolve_precision(config.precision, accelerator=config.accelerator)
+    throughput = ThroughputMonitor(precision_reason=precision_reason)
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor=monitor_metric(config), mode="max",
                         save_top_k=1, enable_version_counter=False),
@@ -163,10 +178,10 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
 
         callbacks.append(RichProgressBar())
     else:
-        callbacks.append(EpochSummary())
+        callbacks.append(EpochSummary(throughput, monitor=monitor_metric(config)))
     trainer_args: dict[str, Any] = dict(
         default_root_dir=run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        strategy=config.strategy, num_nodes=config.num_nodes, precision=config.precision, logger=loggers,
+        strategy=config.strategy, num_nodes=config.num_nodes, precision=precision, logger=loggers,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=10,
         # the sanity check would draw from the global RNG that a resumed run has just restored
@@ -204,7 +219,7 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
     test_results = trainer.test(module, datamodule=prepared.datamodule,
                                 ckpt_path=str(best) if best.is_file() else None, verbose=False)
     test = {k.split("/", 1)[1]: float(v) for k, v in (test_results[0] if test_results else {}).items()}
-    history = prepared.throughput.history
+    ruler = prepared.throughput.summary()
     metrics = {
         "task": config.task,
         "backbone": config.backbone,
@@ -224,8 +239,17 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),
         "num_classes": prepared.datamodule.num_classes,
         "class_names": list(getattr(prepared.datamodule, "class_names", []) or []),
-        "throughput_img_s": sum(h["throughput_img_s"] for h in history) / len(history) if history else None,
-        "data_wait_frac": sum(h["data_wait_frac"] for h in history) / len(history) if history else None,
+        "throughput_img_s": ruler["throughput_img_s"],
+        "data_wait_frac": ruler["data_wait_frac"],
+        "train_gflops_s": ruler["train_gflops_s"],  # 3 x forward FLOPs per image x images/s (visattn.perf)
+        "mfu": ruler["mfu"],  # share of the cached matmul peak of peak_dtype on this machine
+        "peak_gflops_s": ruler["peak_gflops_s"],
+        "peak_dtype": ruler["peak_dtype"],
+        "precision": ruler["precision"],
+        "precision_reason": ruler["precision_reason"],
+        "channels_last": bool(getattr(config, "channels_last", False)),
+        "compile": bool(getattr(config, "compile", False)),
+        "cpu": cpu_model(),
         "torch_threads": torch_threads,
         "device": str(module.device),
     }

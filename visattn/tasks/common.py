@@ -82,9 +82,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs training images/s per epoch and the fraction of step time spent waiting for the next batch."""
+    """Per epoch: training images/s, the share of step time spent waiting for data, and the ruler (visattn.perf):
+    achieved training GFLOP/s (3 x forward FLOPs per image) and MFU against the machine's cached matmul peak for
+    the run's dtype.
 
-    def __init__(self) -> None:
+    Time runs from the epoch's start to the end of its last training batch, so validation (which Lightning runs
+    before ``on_train_epoch_end``) is not counted as training time.
+    """
+
+    def __init__(self, *, measure_peak: bool = True, precision_reason: str = "") -> None:
+        self.measure_peak = measure_peak
+        self.precision_reason = precision_reason  # why the run's precision was chosen (``precision: auto``)
+        self.precision = ""
+        self.peak: dict[str, Any] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -95,6 +105,16 @@ class ThroughputMonitor(L.Callback):
         self.last_end: float | None = None
         self.batch_start = 0.0
         self.history: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.precision = str(trainer.precision)
+        if self.measure_peak and self.peak is None and trainer.is_global_zero:
+            from visattn.perf import matmul_peak, precision_dtype
+
+            dtype = precision_dtype(str(trainer.precision))
+            if pl_module.device.type == "cpu" and dtype == "fp16":
+                dtype = "fp32"  # fp16 autocast on CPU: no fp16 matmul peak worth comparing with
+            self.peak = matmul_peak(dtype, device=pl_module.device)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.wait, self.busy = 0, 0.0, 0.0
@@ -113,23 +133,62 @@ class ThroughputMonitor(L.Callback):
         self.images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        elapsed = time.perf_counter() - self.epoch_start
+        from visattn.perf import achieved_flops, mfu
+
+        elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
+        macs = getattr(pl_module, "complexity", {}).get("macs") or 0
+        flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
+        share = mfu(flops, self.peak["flops"] if self.peak else None)
         stats = {
-            "throughput_img_s": self.images / max(elapsed, 1e-9),
+            "throughput_img_s": self.images / elapsed,
             "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-9),
+            "train_gflops_s": flops / 1e9,
+            "epoch_train_s": elapsed,
         }
+        if share is not None:
+            stats["mfu"] = share
         self.history.append(stats)
-        pl_module.log("train/throughput_img_s", stats["throughput_img_s"], sync_dist=True)
-        pl_module.log("train/data_wait_frac", stats["data_wait_frac"], sync_dist=True)
+        for key, value in stats.items():
+            pl_module.log(f"train/{key}", value, sync_dist=True)
+
+    def summary(self) -> dict[str, Any]:
+        """Means over the epochs run (what metrics.json reports), and the peak they were measured against."""
+        out: dict[str, Any] = {}
+        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "mfu"):
+            values = [h[key] for h in self.history if key in h]
+            out[key] = sum(values) / len(values) if values else None
+        out["peak_gflops_s"] = self.peak["flops"] / 1e9 if self.peak else None
+        out["peak_dtype"] = self.peak["dtype"] if self.peak else None
+        out["precision"] = self.precision or None
+        out["precision_reason"] = self.precision_reason or None
+        return out
 
 
 class EpochSummary(L.Callback):
-    """One line per epoch when no progress bar is shown (logs, CI)."""
+    """One short aligned line per epoch when no progress bar is shown (logs, CI); every metric stays in the
+    CSV/TensorBoard logs. Printed at the end of the training epoch, after validation, so the train loss and the
+    validation metric are this epoch's."""
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # not on_validation_epoch_end: callbacks run before the module there, so its epoch metrics are not in yet
+    def __init__(self, throughput: ThroughputMonitor | None = None, *, monitor: str = "val/acc") -> None:
+        self.throughput = throughput
+        self.monitor = monitor
+
+    def line(self, trainer: L.Trainer) -> str:
+        metrics = trainer.callback_metrics
+        width = len(str(trainer.max_epochs or 0))
+
+        def value(key: str, fmt: str) -> str:
+            return format(float(metrics[key]), fmt) if key in metrics else "-"
+
+        stats = self.throughput.history[-1] if self.throughput and self.throughput.history else {}
+        metric = self.monitor.split("/", 1)[-1]
+        mfu = f"{100 * stats['mfu']:5.1f}%" if "mfu" in stats else "     -"
+        return (f"epoch {trainer.current_epoch + 1:>{width}}/{trainer.max_epochs}  "
+                f"loss {value('train/loss_epoch', '7.4f'):>7}  {metric} {value(self.monitor, '6.4f'):>6}  "
+                f"{stats.get('throughput_img_s', 0):7.1f} img/s  {stats.get('train_gflops_s', 0):6.1f} GFLOP/s  "
+                f"MFU {mfu}  {stats.get('epoch_train_s', 0):6.1f}s")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}", flush=True)
+        print(self.line(trainer), flush=True)
