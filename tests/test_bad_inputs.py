@@ -261,3 +261,133 @@ def test_coco_without_annotations_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({**coco, "annotations": []}))  # an explicit empty list is fine ...
     with pytest.raises(DataError, match=r"instances_val\.json has no 'annotations'"):  # ... val needs one too
         read_coco(root)
+
+
+# ------------------------------------------------------------ predict
+def static_export(folder: Path) -> Path:
+    """A tiny untrained classifier exported as the default does (static batch 1): model.onnx + model.json."""
+    import torch
+
+    from visattn.export import ModelSpec, export_model
+
+    spec = ModelSpec(task="classify", backbone="resnet18", attn=None, img_size=32, backbone_args={"base_width": 8},
+                     num_classes=3, in_chans=3, class_names=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3)
+    torch.manual_seed(0)
+    folder.mkdir(parents=True)
+    export_model(spec.build().eval(), spec, folder, formats=["onnx", "safetensors"], dynamic_batch=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classify_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return static_export(tmp_path_factory.mktemp("export") / "export")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(5):
+        jpeg(folder / f"{i}.jpg", size=40 + 3 * i, seed=i)
+    return folder
+
+
+def test_predict_static_batch_onnx_with_many_images(classify_export: Path, photos: Path) -> None:
+    import onnxruntime as ort
+
+    from visattn.predict import predict_folder
+
+    session = ort.InferenceSession(str(classify_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == 1  # the default export really is static
+    for batch_size in (1, 2, 16):
+        rows = predict_folder(classify_export / "model.onnx", photos, batch_size=batch_size)
+        eager = predict_folder(classify_export, photos, batch_size=batch_size)  # safetensors: any batch
+        assert [r["image"] for r in rows] == sorted(str(p) for p in photos.iterdir())
+        assert [r["index"] for r in rows] == [r["index"] for r in eager]
+        assert np.allclose([r["probability"] for r in rows], [r["probability"] for r in eager], atol=1e-4)
+
+
+def test_predict_static_batch_onnx_detection(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detection path feeds a static graph one image at a time too (a fake session stands in for a detector
+    export, which costs ~50 s to make here): each image gets its own box, identified by its mean colour."""
+    import visattn.predict
+    from visattn.predict import predict_folder
+
+    class StaticSession:
+        def run(self, names: object, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            x = feed["x"]
+            assert x.shape[0] == 1, "a static-batch graph was fed a batch"
+            box = [0.0, 1.0, 1.0, 2.0, 3.0, 0.9, 0.0]  # batch, x0, y0, x1, y1, score, class
+            box[5] = 0.5 + 0.1 * float(np.tanh(x.mean()))  # (1, 7): the score marks which image it came from
+            return np.zeros((1, 10, 7), np.float32), np.array([box], np.float32)
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    (tmp_path / "model.json").write_text(json.dumps({"task": "detect", "img_size": 32, "num_classes": 1,
+                                                     "class_names": ["a"], "mean": [0.5] * 3, "std": [0.25] * 3}))
+    monkeypatch.setattr(visattn.predict, "onnx_runner", lambda path: (StaticSession(), 1))
+    rows = predict_folder(tmp_path / "model.onnx", photos, batch_size=3, save_dir=tmp_path / "drawn")
+    single = predict_folder(tmp_path / "model.onnx", photos, batch_size=1)
+    assert [r["image"] for r in rows] == sorted(str(p) for p in photos.iterdir())
+    assert [r["score"] for r in rows] == [r["score"] for r in single] and len({r["score"] for r in rows}) == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_predict_bad_batch_size(classify_export: Path, photos: Path, tmp_path: Path, value: str,
+                                capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "p.csv"
+    code, stdout, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
+                                                str(photos), "--batch-size", value, "--out", str(out)],
+                                 capsys, monkeypatch)
+    assert_user_error(code, err, f"--batch-size must be an integer >= 1, got {value}")
+    assert not out.exists() and stdout == ""
+
+
+def test_predict_out_directory_refused_before_inference(classify_export: Path, photos: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import visattn.predict
+
+    def no_inference(*args: object, **kwargs: object) -> None:
+        raise AssertionError("inference started before --out was checked")
+
+    monkeypatch.setattr(visattn.predict, "onnx_runner", no_inference)
+    monkeypatch.setattr(visattn.predict, "preprocess", no_inference)
+    target = tmp_path / "results"
+    target.mkdir()
+    code, stdout, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
+                                                str(photos), "--out", str(target)], capsys, monkeypatch)
+    assert_user_error(code, err, f"--out {target} is a directory", str(target / "predictions.csv"))
+    assert list(target.iterdir()) == [] and stdout == ""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
+                                           str(photos), "--out", str(blocker / "p.csv")], capsys, monkeypatch)
+    assert_user_error(code, err, f"{blocker} is a file")
+
+
+def test_predict_out_written_whole_with_parents(classify_export: Path, photos: Path, tmp_path: Path) -> None:
+    from visattn.predict import predict_folder
+
+    out = tmp_path / "new" / "deeper" / "p.csv"
+    rows = predict_folder(classify_export / "model.onnx", photos, out_csv=out)
+    assert len(out.read_text().splitlines()) == len(rows) + 1 and not list(out.parent.glob(".*.tmp"))
+
+
+def test_predict_bad_images_named(classify_export: Path, photos: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from visattn.predict import open_rgb
+
+    folder = tmp_path / "imgs"
+    big = jpeg(folder / "big.jpg", size=64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    code, _, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
+                                           str(folder)], capsys, monkeypatch)
+    assert_user_error(code, err, str(big), "DecompressionBombError")
+    deep = folder / "deep.png"
+    Image.fromarray(np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)).save(deep)
+    grey = np.asarray(open_rgb(deep))
+    assert grey.dtype == np.uint8 and grey.max() == 255 and grey.min() == 0 and len(np.unique(grey)) > 32
+    Image.fromarray(np.ones((8, 8), np.float32)).save(folder / "float.tiff")
+    big.unlink()
+    code, _, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
+                                           str(folder)], capsys, monkeypatch)
+    assert_user_error(code, err, "float.tiff", "PIL mode F")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from visattn.data.base import DECODE_ERRORS, DataError, pil_to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -23,16 +27,102 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def preprocess(path: Path, spec: dict[str, Any]) -> np.ndarray:
-    """Resize + normalise as the run's eval transform: (3, S, S) float32."""
-    size = spec["img_size"]
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB (16-bit grey scaled, 32-bit/float refused: see ``pil_to_rgb``)."""
     try:
-        image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
-    except OSError as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err
-    array = np.asarray(image, np.float32) / 255.0  # (S, S, 3)
-    array = (array - np.array(spec["mean"], np.float32)) / np.array(spec["std"], np.float32)
-    return array.transpose(2, 0, 1)  # (3, S, S)
+        with Image.open(path) as im:
+            im.load()
+            return Image.fromarray(pil_to_rgb(im, path))
+    except DataError:
+        raise
+    except DECODE_ERRORS as err:  # DecompressionBombError: over PIL.Image.MAX_IMAGE_PIXELS
+        raise ValueError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
+
+
+def check_outputs(*, batch_size: int, out_csv: str | Path | None, save_dir: str | Path | None) -> None:
+    """Refuse a bad ``batch_size``, ``out_csv`` or ``save_dir`` before any model is loaded or image read.
+
+    ``out_csv`` must name a file: an existing directory is refused (give ``DIR/predictions.csv``).
+    Missing parent folders are created when the results are written.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    for flag, path, want_dir in (("--out", out_csv, False), ("--save-dir", save_dir, True)):
+        if path is None:
+            continue
+        path = Path(path)
+        if not want_dir and (path.is_dir() or str(path).endswith(("/", os.sep))):
+            raise ValueError(f"{flag} {path} is a directory; give a CSV file name, e.g. {path / 'predictions.csv'}")
+        if want_dir and path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {path} exists and is not a directory")
+        ancestor = path if want_dir and path.is_dir() else path.parent
+        while not ancestor.exists():  # the nearest existing folder must let us create the rest
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(f"{flag} {path}: {ancestor} is a file, not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: directory {ancestor} is not writable")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """Write through a temporary file, so that a failure never leaves a half-written CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def onnx_runner(model_path: Path) -> tuple[Any, int | None]:
+    """An onnxruntime session and its fixed batch size (None when the export has a dynamic batch dimension)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]  # an int for a static export, a name ("batch") for a dynamic one
+    return session, (batch if isinstance(batch, int) and batch > 0 else None)
+
+
+def in_fixed_batches(run: Callable[[np.ndarray], Any], fixed: int | None) -> Callable[[np.ndarray], Any]:
+    """Feed a static-batch graph exactly ``fixed`` images per call (default exports: 1).
+
+    The last piece is padded by repeating its last image; the padded results are dropped. ``run``
+    returns one result per image (an array with a leading batch axis, or a list).
+    """
+    if fixed is None:
+        return run
+
+    def run_fixed(x: np.ndarray) -> Any:
+        parts = []
+        for start in range(0, len(x), fixed):
+            piece = x[start:start + fixed]  # (k, 3, S, S), k <= fixed
+            pad = np.repeat(piece[-1:], fixed - len(piece), axis=0)  # (fixed - k, 3, S, S)
+            parts.append(run(np.concatenate([piece, pad]))[: len(piece)])
+        return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else [r for p in parts for r in p]
+
+    return run_fixed
+
+
+def preprocess_files(paths: list[Path], spec: dict[str, Any]) -> np.ndarray:
+    """The run's own eval transform on image files, decoded as validation decodes them: (n, 3, S, S) float32.
+
+    One preprocessing for validation, evaluate and predict: ``image_files`` + ``build_eval_transform`` rebuilt
+    from model.json (img_size, mean, std), so a prediction sees exactly the input validation saw.
+    """
+    from visattn.data.datamodule import image_files
+    from visattn.data.transforms import build_eval_transform
+
+    size = spec["img_size"]
+    transform = build_eval_transform(img_size=size, mean=spec["mean"], std=spec["std"])
+    files = image_files(list(paths), np.zeros(len(paths), np.int64), img_size=size, transform=transform)
+    return np.stack([files[i][0].numpy() for i in range(len(files))])  # (n, 3, S, S)
+
+
+def preprocess(path: Path, spec: dict[str, Any]) -> np.ndarray:
+    """``preprocess_files`` of one image: (3, S, S) float32."""
+    return preprocess_files([path], spec)[0]
 
 
 def read_spec(model_path: Path) -> dict[str, Any]:
@@ -51,18 +141,19 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
     Classification: one row per image (class, probability). Detection: one row per box (class, score,
     x0, y0, x1, y1 in the original image's pixels) and, with ``save_dir``, each image with its boxes drawn.
     ``conf_threshold`` (detection) keeps boxes scoring at least this; an ONNX file cannot go below the
-    threshold it was exported with.
+    threshold it was exported with. ``out_csv`` names a file (not a directory), checked with ``batch_size``
+    before anything runs. A static-batch ONNX file (the default export) is fed its own batch size at a time.
     """
     model_path = Path(model_path)
+    check_outputs(batch_size=batch_size, out_csv=out_csv, save_dir=save_dir)
     spec = read_spec(model_path)
+    list_images(images)  # a missing or empty folder fails before the model is loaded
     if spec.get("task") == "detect":
         return predict_detection_folder(model_path, images, spec=spec, batch_size=batch_size, out_csv=out_csv,
                                         save_dir=save_dir, conf_threshold=conf_threshold)
     if model_path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        run = lambda x: session.run(None, {"x": x})[0]  # noqa: E731
+        session, fixed = onnx_runner(model_path)
+        run = in_fixed_batches(lambda x: session.run(None, {"x": x})[0], fixed)
     elif model_path.is_dir():
         import torch
 
@@ -77,17 +168,14 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
     rows = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        logits = run(np.stack([preprocess(p, spec) for p in chunk]))  # (n, classes)
+        logits = run(preprocess_files(chunk, spec))  # (n, classes)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         for path, row in zip(chunk, probs, strict=True):
             best = int(row.argmax())
             rows.append({"image": str(path), "class": names[best], "index": best, "probability": float(row[best])})
     if out_csv is not None:
-        with open(out_csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["image", "class", "index", "probability"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(out_csv, rows, ["image", "class", "index", "probability"])
     return rows
 
 
@@ -99,9 +187,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: float) -> Any:
     """A function: normalised (n, 3, S, S) float32 -> per image (boxes (K, 4), scores (K,), labels (K,)) numpy."""
     if model_path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session, fixed = onnx_runner(model_path)
 
         def run(x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             _, detections = session.run(None, {"x": x})  # (K, 7): batch, x0, y0, x1, y1, score, class
@@ -112,7 +198,7 @@ def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: flo
                 out.append((rows[:, 1:5], rows[:, 5], rows[:, 6].astype(np.int64)))
             return out
 
-        return run
+        return in_fixed_batches(run, fixed)
     if model_path.is_dir():
         import torch
 
@@ -174,10 +260,7 @@ def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict
         chunk = files[start:start + batch_size]
         originals, batch = [], []
         for path in chunk:
-            try:
-                image = Image.open(path).convert("RGB")
-            except OSError as err:
-                raise ValueError(f"cannot decode image {path}: {err}") from err
+            image = open_rgb(path)
             originals.append(image)
             boxed, _ = letterbox(np.asarray(image), np.zeros((0, 4), np.float32), size=size)  # (S, S, 3) uint8
             batch.append(((boxed.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))  # (3, S, S)
@@ -192,8 +275,5 @@ def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict
                 target.parent.mkdir(parents=True, exist_ok=True)
                 draw_detections(image, boxes, scores, labels, names).save(target)
     if out_csv is not None:
-        with open(out_csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=DETECTION_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(out_csv, rows, DETECTION_FIELDS)
     return rows
