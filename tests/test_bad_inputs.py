@@ -391,3 +391,24 @@ def test_predict_bad_images_named(classify_export: Path, photos: Path, tmp_path:
     code, _, err = run_tool("predict.py", ["--model", str(classify_export / "model.onnx"), "--images",
                                            str(folder)], capsys, monkeypatch)
     assert_user_error(code, err, "float.tiff", "PIL mode F")
+
+
+# ------------------------------------------------------------ pretrained weights with another class count
+def test_pretrained_reinitialised_classifier_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import visattn
+
+    weights = tmp_path / "ten_classes.pth"
+    torch.save(visattn.build_model("resnet18", num_classes=10, backbone_args={"base_width": 8}).state_dict(), weights)
+    root = image_folder(tmp_path / "data")
+    code, out, err = run_tool("train.py", ["--data", "imagefolder", "--data-dir", str(root), "--epochs", "1",
+                                           "--img-size", "32", "--batch-size", "4", "--num-workers", "0",
+                                           "--out", str(tmp_path / "runs"), "--name", "ft", "--pretrained",
+                                           str(weights), "--set", "backbone_args={base_width: 8}"],
+                              capsys, monkeypatch)
+    assert code == 0, err
+    line = next(x for x in (out + err).splitlines() if x.startswith("visattn: pretrained:"))
+    assert f"loaded 120 tensors from {weights}" in line
+    assert "re-initialised: fc.weight (shape mismatch: (10, 64) in file, (2, 64) in model); fc.bias" in line

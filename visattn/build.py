@@ -128,13 +128,19 @@ class LoadReport:
     loaded: int = 0
     attention_initialised: list[str] = field(default_factory=list)
     classifier_reinitialised: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # re-initialised key -> why (shape mismatch, not in file)
 
     def summary(self) -> str:
+        """One line for the command line: a re-initialised classifier must not go unnoticed."""
         parts = [f"loaded {self.loaded} tensors from {self.path}"]
+        if self.classifier_reinitialised:
+            why: dict[str, list[str]] = {}  # reason -> keys, in order
+            for key in self.classifier_reinitialised:
+                why.setdefault(self.reasons.get(key, ""), []).append(key)
+            parts.append("re-initialised: " + "; ".join(
+                ", ".join(keys) + (f" ({reason})" if reason else "") for reason, keys in why.items()))
         if self.attention_initialised:
             parts.append(f"{len(self.attention_initialised)} attention tensors left at init")
-        if self.classifier_reinitialised:
-            parts.append(f"classifier re-initialised ({', '.join(self.classifier_reinitialised)})")
         return "; ".join(parts)
 
 
@@ -187,6 +193,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
             report.attention_initialised.append(key)
         elif classifier and key.startswith(f"{classifier}."):  # another class count, or a headless file
             report.classifier_reinitialised.append(key)
+            report.reasons[key] = (f"shape mismatch: {tuple(state[key].shape)} in file, {tuple(tensor.shape)} in model"
+                                   if key in state else "not in file")
         elif key in state:
             missing.append(f"{key} (shape {tuple(state[key].shape)} in file, {tuple(tensor.shape)} in model)")
         else:

@@ -204,6 +204,9 @@ def prepare(config: TrainConfig) -> PreparedRun:
         if resume_from is None and not is_launched_child() and not (run_dir / CHECKPOINTS).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing half-made behind
         raise
+    report = getattr(getattr(module, "model", None), "pretrained_report", None)
+    if report is not None:  # a re-initialised classifier must be seen, not only logged
+        print(f"visattn: pretrained: {report.summary()}", file=sys.stderr)
     return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
 
 
