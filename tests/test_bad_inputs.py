@@ -412,3 +412,71 @@ def test_pretrained_reinitialised_classifier_printed(tmp_path: Path, capsys: pyt
     line = next(x for x in (out + err).splitlines() if x.startswith("visattn: pretrained:"))
     assert f"loaded 120 tensors from {weights}" in line
     assert "re-initialised: fc.weight (shape mismatch: (10, 64) in file, (2, 64) in model); fc.bias" in line
+
+
+# ------------------------------------------------------------ interrupted export
+def fake_run(run_dir: Path) -> Path:
+    """A run directory as tools/train.py leaves it (config.yaml, checkpoints/best.ckpt), without training."""
+    import torch
+
+    import visattn
+    from visattn.config import make_config, save_config
+
+    config = make_config({}, dict(backbone="resnet18", data="digits", img_size=32, backbone_args={"base_width": 8},
+                                  out=str(run_dir.parent), name=run_dir.name, limit=8))
+    (run_dir / "checkpoints").mkdir(parents=True)
+    save_config(config, run_dir / "config.yaml")
+    model = visattn.build_model("resnet18", num_classes=10, backbone_args={"base_width": 8})
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               run_dir / "checkpoints" / "best.ckpt")
+    return run_dir
+
+
+def test_export_killed_leaves_staging_that_next_export_removes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from visattn.export import export_run
+
+    run = fake_run(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "export.py"), "--run", str(run), "--format", "onnx"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run.glob(".export-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        staging = list(run.glob(".export-*"))
+        assert staging, "the export never started staging"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert all(p.exists() for p in staging) and not (run / "export").exists()  # what the kill leaves
+    assert f".export-{proc.pid}@" in staging[0].name
+    alive = run / f".export-{os.getpid()}@{staging[0].name.split('@', 1)[1]}"  # a live export (this process)
+    alive.mkdir()
+    foreign = run / ".export-notours"
+    foreign.mkdir()
+    export_run(run, formats="torchscript")
+    assert sorted(p.name for p in run.glob(".export-*")) == sorted([alive.name, foreign.name])
+    assert (run / "export" / "model.torchscript.pt").is_file()
+
+
+def test_export_killed_between_renames_puts_previous_back(tmp_path: Path) -> None:
+    from visattn.export import remove_stale_staging
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = 2**22 + 12345  # above the usual pid_max of 4194304: no such process
+    import socket
+
+    host = "".join(c if c.isalnum() or c in "._-" else "_" for c in socket.gethostname())
+    previous = run / f".export-previous-.export-{dead}@{host}-abcd1234"  # export/ moved aside ...
+    (previous / "model.json").parent.mkdir()
+    (previous / "model.json").write_text("{}")
+    new = run / f".export-{dead}@{host}-abcd1234"  # ... and the new one never took its place
+    new.mkdir()
+    assert sorted(p.name for p in remove_stale_staging(run)) == [new.name]
+    assert (run / "export" / "model.json").read_text() == "{}" and not list(run.glob(".export-*"))

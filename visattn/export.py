@@ -3,13 +3,18 @@
 Every file is written to a temporary folder beside ``<run>/export/``, run (ONNX through onnxruntime,
 TorchScript through ``torch.jit.load``, safetensors through :func:`load`) on real images from the run's
 data and on random input, compared with the eager model, and only then moved into ``export/`` together
-with ``report.json``. A failed check leaves ``export/`` as it was.
+with ``report.json``. A failed check leaves ``export/`` as it was. An export killed outright (SIGKILL,
+power loss) leaves its temporary folder behind; the next export of that run removes it (see
+:func:`remove_stale_staging`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -348,6 +353,51 @@ def export_model(
     return report
 
 
+# Staging folders are named ``.export-<pid>@<host>-<random>``, and the previous export, moved aside while the new
+# one takes its place, ``.export-previous-<staging name>``: the owner is in the name, so a later export can tell
+# a folder left by a killed process from one in use.
+STAGING = re.compile(r"\.export-(?:previous-\.export-)?(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-[a-z0-9_]{8}")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_staging(run_dir: Path) -> list[Path]:
+    """Remove the staging folders of exports of ``run_dir`` that were killed; returns what it removed.
+
+    Only folders named by this module are touched, and only when the process named in them (on this
+    host) no longer runs; anything else (older unnamed ``.export-*`` folders included) is left alone.
+    A stale previous export is put back as ``export/`` if the kill came between the two renames that
+    replace it, and removed otherwise.
+    """
+    host, removed = _host(), []
+    stale = []
+    for folder in sorted(run_dir.glob(".export-*")):
+        match = STAGING.fullmatch(folder.name)
+        if match and folder.is_dir() and match["host"] == host and not _process_alive(int(match["pid"])):
+            stale.append(folder)
+    target = run_dir / "export"
+    previous = sorted((f for f in stale if f.name.startswith(".export-previous-")), key=lambda f: f.stat().st_mtime)
+    if previous and not target.exists():
+        previous[-1].rename(target)  # the newest complete export: the new one never arrived
+        stale.remove(previous[-1])
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def export_run(
     run_dir: str | Path,
     *,
@@ -361,6 +411,8 @@ def export_run(
     """Export a run's model into ``<run>/export/`` (verified; see the module docstring); returns the report."""
     formats = parse_formats(formats)
     run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        remove_stale_staging(run_dir)
     model, spec = load_run(run_dir, checkpoint=checkpoint)
     if img_size is not None:
         model.check_input_size(img_size, img_size)
@@ -368,7 +420,7 @@ def export_run(
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     images = sample_images(spec, config, 4, spec.img_size)
     target = run_dir / "export"
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}@{_host()}-", dir=run_dir))
     try:
         report = export_model(model, spec, staging, formats=formats, dynamic_batch=dynamic_batch, opset=opset,
                               half=half, images=images)
