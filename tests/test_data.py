@@ -64,7 +64,7 @@ def test_digits_datamodule_batches_and_seed_independent_split() -> None:
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert len(a.train_dataloader()) == 2  # 40 samples, drop_last
     xv, yv = next(iter(a.val_dataloader()))
-    assert xv.shape == (16, 3, 32, 32) and len(a.val_dataloader()) == 3
+    assert xv.shape == (32, 3, 32, 32) and len(a.val_dataloader()) == 2  # eval batches: 2 x the training batch
     assert abs(float(xv.mean())) < 3 and torch.isfinite(xv).all()
     # same seed -> same augmented batch; eval is deterministic
     a2 = ClassificationDataModule(name="digits", img_size=32, batch_size=16, num_workers=0, seed=0, limit=40)

@@ -198,3 +198,18 @@ def test_ruler_in_epoch_line_and_logs_and_eval_without_grad(capsys, monkeypatch)
         assert stats["mfu"] == pytest.approx(expected / 1e6)
     ruler = throughput.summary()
     assert ruler["peak_gflops_s"] == pytest.approx(1e-3) and ruler["peak_dtype"] == "fp32"
+
+
+def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
+    monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 1e9)
+    ticks = iter(range(1000))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    macs = count(model, input_size=(1, 3, 8, 8)).macs
+    result = perf.profile_training(model, input_size=(4, 3, 8, 8), steps=3, warmup=1,
+                                   clock=lambda: float(next(ticks)))  # every step takes one "second"
+    assert result["step_ms"] == pytest.approx(1000.0) and result["img_s"] == pytest.approx(4.0)
+    assert result["train_gflops_s"] == pytest.approx(4 * 6 * macs / 1e9)
+    assert result["mfu"] == pytest.approx(4 * 6 * macs / 1e9)
+    assert "MFU" in perf.training_report(result)
+    bf16 = perf.profile_training(model, input_size=(2, 3, 8, 8), precision="bf16-mixed", steps=1, warmup=0)
+    assert bf16["peak_dtype"] == "bf16" and bf16["img_s"] > 0

@@ -36,6 +36,7 @@ __all__ = [
     "measure_matmul_peak",
     "mfu",
     "precision_dtype",
+    "profile_training",
     "resolve_precision",
     "training_flops_per_image",
 ]
@@ -212,6 +213,66 @@ def resolve_precision(precision: str, *, accelerator: str = "auto", flags: froze
     if found:
         return "bf16-mixed", f"auto: CPU has {', '.join(found)}"
     return "32", f"auto: CPU has none of {', '.join(BF16_CPU_FLAGS)}"
+
+
+def _output_loss(output: Any) -> torch.Tensor:
+    """A scalar that depends on every output tensor: the backward then costs what a real loss's backward costs."""
+    if isinstance(output, torch.Tensor):
+        return output.float().mean()
+    if isinstance(output, dict):
+        output = list(output.values())
+    return sum(_output_loss(item) for item in output)
+
+
+def profile_training(model: torch.nn.Module, *, input_size: tuple[int, ...], precision: str = "32",
+                     steps: int = 5, warmup: int = 2, device: str | torch.device = "cpu",
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Time ``steps`` training steps (forward, loss, backward, AdamW) of ``model`` on random input of
+    ``input_size`` and report what a training run's epoch line reports: images/s, GFLOP/s and MFU.
+
+    Detectors are stepped through ``forward_raw`` when they have one (the training path, without decoding).
+    ``precision`` is a Lightning precision string; bf16/fp16 run under ``torch.autocast``. The model is left
+    in train mode with its weights changed: profile a copy if you need it afterwards.
+    """
+    from visattn.complexity import count
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = torch.device(device)
+    dtype = precision_dtype(precision)
+    macs = count(model, input_size=(1, *input_size[1:]), device=device).macs
+    model = model.to(device).train()
+    forward = getattr(model, "forward_raw", model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    images = torch.randn(*input_size, device=device)
+    autocast = torch.autocast(device.type, dtype=_DTYPES[dtype], enabled=dtype != "fp32")
+    times: list[float] = []
+    for index in range(warmup + steps):
+        start = clock()
+        with autocast:
+            loss = _output_loss(forward(images))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if index >= warmup:
+            times.append(clock() - start)
+    step = statistics.median(times)
+    flops = achieved_flops(images=input_size[0], seconds=step, macs_per_image=macs)
+    peak = matmul_peak("fp32" if dtype == "fp16" and device.type == "cpu" else dtype, device=device)
+    return {"step_ms": 1e3 * step, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
+            "img_s": input_size[0] / step, "train_gflops_s": flops / 1e9, "mfu": mfu(flops, peak["flops"]),
+            "peak_gflops_s": peak["flops"] / 1e9, "peak_dtype": peak["dtype"], "macs_per_image": macs,
+            "train_flops_per_image": training_flops_per_image(macs), "precision": precision, "steps": steps}
+
+
+def training_report(result: dict[str, Any]) -> str:
+    """One paragraph of :func:`profile_training`'s figures, for ``visattn profile``."""
+    return (f"training step ({result['precision']}, {result['steps']} timed steps): median {result['step_ms']:.1f} ms "
+            f"(min {result['step_ms_min']:.1f}, max {result['step_ms_max']:.1f}), {result['img_s']:.1f} img/s, "
+            f"{result['train_flops_per_image'] / 1e9:.3f} GFLOPs/image (3 x forward), "
+            f"{result['train_gflops_s']:.1f} GFLOP/s = MFU {100 * (result['mfu'] or 0):.1f}% of the "
+            f"{result['peak_dtype']} matmul peak {result['peak_gflops_s']:.0f} GFLOP/s on {cpu_model()}")
 
 
 def median_spread(values: list[float]) -> tuple[float, float, float]:

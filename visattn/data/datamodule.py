@@ -65,13 +65,18 @@ class RawSamples:
     class_names: list[str]
 
 
+EVAL_BATCH_FACTOR = 2  # validation/test batch = 2 x the training batch
+
+
 def split_loader(dataset: Dataset, *, train: bool, batch_size: int, seed: int, num_workers: int,
                  collate_fn: Callable | None = None) -> DataLoader:
     """The loader of one split: training shuffles through ``EpochSampler`` (per-sample seeds from seed and epoch)
-    and drops a last batch of one sample (BatchNorm); workers are seeded by ``seed_worker``."""
+    and drops a last batch of one sample (BatchNorm); workers are seeded by ``seed_worker``. Validation and test
+    batches are ``EVAL_BATCH_FACTOR`` x larger: without gradients they need far less memory, and fewer, larger
+    batches cost less per image."""
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size if train else EVAL_BATCH_FACTOR * batch_size,
         sampler=EpochSampler(len(dataset), seed=seed) if train else None,
         drop_last=train and len(dataset) > batch_size,
         collate_fn=collate_fn,
