@@ -210,6 +210,16 @@ def prepare(config: TrainConfig) -> PreparedRun:
     return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
 
 
+def test_split_size(trainer: L.Trainer) -> int | None:
+    """Number of images in the split ``trainer.test`` just evaluated (None when the loader has no sized data set)."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
 def fit(prepared: PreparedRun) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json; returns its content."""
     config, trainer, module = prepared.config, prepared.trainer, prepared.module
@@ -241,6 +251,8 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "resumed": prepared.resume_from is not None,
         "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),
         "num_classes": prepared.datamodule.num_classes,
+        "test_size": test_split_size(trainer),  # images behind the test metrics (sampling intervals in sweeps)
+        "test_is_val": bool(getattr(prepared.datamodule, "test_is_val", False)),  # no test split: val stands in
         "class_names": list(getattr(prepared.datamodule, "class_names", []) or []),
         "throughput_img_s": ruler["throughput_img_s"],
         "data_wait_frac": ruler["data_wait_frac"],

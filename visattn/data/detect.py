@@ -145,6 +145,7 @@ class DetectionDataModule(L.LightningDataModule):
         self._datasets: dict[str, DetectionDataset] = {}
         self._undecodable: list[Path] = []
         self._warned_skipped = False
+        self._warned_test_is_val = False
 
     # ---------------------------------------------------------------- loading
     def _load(self) -> DetectionSource:
@@ -182,6 +183,11 @@ class DetectionDataModule(L.LightningDataModule):
             self._warned_skipped = True
             warnings.warn(f"data set {self.name!r}: skipped {len(source.skipped)} missing or unreadable image "
                           f"file(s), e.g. {source.skipped[0]}.", stacklevel=2)
+        if self.test_is_val and not self._warned_test_is_val:
+            self._warned_test_is_val = True
+            warnings.warn(f"data set {self.name!r} has no test split: the val split stands in for it, so test "
+                          "metrics are measured on the split that chose the best checkpoint (optimistic); "
+                          "metrics.json records test_is_val: true.", stacklevel=2)
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in needed.get(stage or "", SPLITS):
             self.dataset(split)
@@ -217,6 +223,12 @@ class DetectionDataModule(L.LightningDataModule):
     @property
     def in_chans(self) -> int:
         return 3
+
+    @property
+    def test_is_val(self) -> bool:
+        """True when the data set has no test split and its val split stands in for it."""
+        splits = self._load().splits
+        return splits["test"] is splits["val"]
 
     @property
     def skipped_images(self) -> int:

@@ -8,7 +8,6 @@ import math
 import platform
 import statistics
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,20 @@ import yaml
 
 from visattn.sweep.execute import read_status, run_dir_of
 from visattn.sweep.grid import RunPlan
-
-ALPHA = 0.05
+from visattn.sweep.stats import (
+    ALPHA,
+    NEAR_CHANCE,
+    POWER,
+    PROPORTIONS,
+    Comparison,
+    collapse_reason,
+    compare,
+    holm,
+    is_bounded,
+    metric_leaf,
+    verdict,
+    wilson,
+)
 
 
 @dataclass
@@ -31,6 +42,14 @@ class RunResult:
     train_time_s: float | None = None
     throughput: float | None = None
     error: str = ""
+    collapse_reason: str = ""  # non-empty: the run finished but did not train (see stats.collapse_reason)
+    test_size: int | None = None  # images in the test split (metrics.json)
+    interval: tuple[float, float] | None = None  # 95 % Wilson interval of an accuracy metric over the test images
+    test_is_val: bool = False  # the data set has no test split: the metric is on the val split
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.collapse_reason)
 
 
 @dataclass
@@ -41,15 +60,29 @@ class ConfigSummary:
     attn: str
     hparams: dict[str, Any]
     baseline: str | None
-    values: list[float] = field(default_factory=list)
+    runs: list[RunResult] = field(default_factory=list)  # finished runs, collapsed ones included, by seed
     failed: int = 0
     pending: int = 0
     params: int | None = None
     macs: int | None = None
     latency_ms: float | None = None
     throughput: float | None = None
-    p_value: float | None = None
+    comparison: Comparison | None = None
     verdict: str = "n/a"
+
+    @property
+    def values(self) -> list[float]:
+        """Every finished run's metric (collapsed runs included: they are what this configuration gave)."""
+        return [r.metric for r in self.runs if r.metric is not None and math.isfinite(r.metric)]
+
+    @property
+    def trained(self) -> dict[int, float]:
+        """seed -> metric of the runs that did not collapse: the values the statistical test uses."""
+        return {r.plan.seed: r.metric for r in self.runs if not r.collapsed and r.metric is not None}
+
+    @property
+    def collapsed(self) -> int:
+        return sum(r.collapsed for r in self.runs)
 
     @property
     def mean(self) -> float | None:
@@ -58,6 +91,18 @@ class ConfigSummary:
     @property
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    @property
+    def test_is_val(self) -> bool:
+        return any(r.test_is_val for r in self.runs)
+
+    @property
+    def p_value(self) -> float | None:
+        return None if self.comparison is None else self.comparison.p
 
 
 def metric_value(metrics: dict[str, Any], name: str) -> float:
@@ -68,21 +113,34 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
             keys = [f"{k}.{sub}" for k, v in metrics.items() if isinstance(v, dict) for sub in v]
             raise KeyError(f"metric {name!r} is not in metrics.json; numeric keys there: {', '.join(keys)}")
         node = node[part]
-    return float(node)
+    return float("nan") if node is None else float(node)
+
+
+def finished_run(plan: RunPlan, run_dir: Path, metric: str) -> RunResult:
+    """The result of a run with a metrics.json: its metric, test-set interval and collapse check."""
+    from visattn.train import read_metrics_csv
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    try:
+        value = metric_value(metrics, metric)
+    except KeyError as err:
+        return RunResult(plan, "failed", error=str(err.args[0]))
+    size = metrics.get("test_size")
+    size = size if isinstance(size, int) and size > 0 else None
+    interval = None
+    if size and metric_leaf(metric) in PROPORTIONS and math.isfinite(value) and 0 <= value <= 1:
+        interval = wilson(value, size)
+    reason = collapse_reason(metric=metric, value=value, metrics=metrics, rows=read_metrics_csv(run_dir))
+    return RunResult(plan, "ok", value, metrics.get("params"), metrics.get("macs"), metrics.get("train_time_s"),
+                     metrics.get("throughput_img_s"), "", reason, size, interval, bool(metrics.get("test_is_val")))
 
 
 def collect(sweep_dir: Path, plans: list[RunPlan], metric: str) -> list[RunResult]:
     results = []
     for plan in plans:
-        metrics_path = run_dir_of(sweep_dir, plan.run_id) / "metrics.json"
-        if metrics_path.is_file():
-            metrics = json.loads(metrics_path.read_text())
-            try:
-                value, error, status = metric_value(metrics, metric), "", "ok"
-            except KeyError as err:
-                value, error, status = None, str(err.args[0]), "failed"
-            results.append(RunResult(plan, status, value, metrics.get("params"), metrics.get("macs"),
-                                     metrics.get("train_time_s"), metrics.get("throughput_img_s"), error))
+        run_dir = run_dir_of(sweep_dir, plan.run_id)
+        if (run_dir / "metrics.json").is_file():
+            results.append(finished_run(plan, run_dir, metric))
             continue
         record = read_status(sweep_dir, plan.run_id)
         if record and record["status"] == "failed":
@@ -94,15 +152,18 @@ def collect(sweep_dir: Path, plans: list[RunPlan], metric: str) -> list[RunResul
 
 def write_results_csv(results: list[RunResult], path: Path, metric: str) -> None:
     keys = list(dict.fromkeys(k for r in results for k in r.plan.hparams))
-    columns = ["run_id", "config", "kind", "backbone", "attn", *keys, "seed", "metric_name", "metric", "params",
+    columns = ["run_id", "config", "kind", "backbone", "attn", *keys, "seed", "metric_name", "metric",
+               "ci95_low", "ci95_high", "test_size", "test_is_val", "collapsed", "collapse_reason", "params",
                "macs", "train_time_s", "throughput_img_s", "status", "error"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for r in results:
-            p = r.plan
+            p, (low, high) = r.plan, r.interval or (None, None)
             writer.writerow([p.run_id, p.config, p.kind, p.backbone, p.attn, *[p.hparams.get(k, "") for k in keys],
-                             p.seed, metric, "" if r.metric is None else repr(r.metric), _blank(r.params),
+                             p.seed, metric, "" if r.metric is None else repr(r.metric), _blank(low), _blank(high),
+                             _blank(r.test_size), r.test_is_val if r.status == "ok" else "",
+                             r.collapsed if r.status == "ok" else "", r.collapse_reason, _blank(r.params),
                              _blank(r.macs), _blank(r.train_time_s), _blank(r.throughput), r.status, r.error])
 
 
@@ -112,52 +173,70 @@ def _blank(value: Any) -> Any:
 
 def welch(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test; None with fewer than 2 values on a side or no variance at all."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # both sides constant: scipy warns and returns nan
-        p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
+    result = compare(dict(enumerate(a)), {len(a) + i: v for i, v in enumerate(b)})  # distinct keys: never paired
+    return None if result is None else result.p
 
 
-def summarize(results: list[RunResult], latency: dict[str, float]) -> list[ConfigSummary]:
-    """One summary per configuration, in grid order, with Welch's t-test against its baseline."""
+def metric_scale(metric: str) -> tuple[float, str]:
+    """Metrics in [0, 1] are shown in %."""
+    return (100.0, " %") if is_bounded(metric) else (1.0, "")
+
+
+def summarize(results: list[RunResult], latency: dict[str, float], *, metric: str = "test.acc") -> list[ConfigSummary]:
+    """One summary per configuration, in grid order, each compared with its baseline (paired by seed where the
+    grid allows, else Welch), p-values Holm-adjusted over the configurations that share a baseline."""
     rows: dict[str, ConfigSummary] = {}
     for r in results:
         p = r.plan
         row = rows.setdefault(p.config, ConfigSummary(p.config, p.kind, p.backbone, p.attn, p.hparams, p.baseline))
-        if r.status == "ok" and r.metric is not None:
-            row.values.append(r.metric)
+        if r.status == "ok":
+            row.runs.append(r)
             row.params, row.macs = r.params, r.macs
         elif r.status == "failed":
             row.failed += 1
         else:
             row.pending += 1
     for row in rows.values():
-        ok = [r.throughput for r in results if r.plan.config == row.config and r.throughput is not None]
+        ok = [r.throughput for r in row.runs if r.throughput is not None]
         row.throughput = statistics.fmean(ok) if ok else None
         row.latency_ms = latency.get(row.config)
     for row in rows.values():
         base = rows.get(row.baseline) if row.baseline else None
-        if not row.values:
-            row.verdict = "failed" if row.failed else "not run yet"
-        elif row.config == row.baseline:
-            row.verdict = "baseline"
-        elif base is None or not row.values or not base.values:
-            row.verdict = "n/a (no baseline)" if base is None else "n/a"
-        elif len(row.values) < 2 or len(base.values) < 2:
-            row.verdict = "n/a (< 2 seeds)"
-        else:
-            row.p_value = welch(row.values, base.values)
-            if row.p_value is None:
-                same = statistics.fmean(row.values) == statistics.fmean(base.values)
-                row.verdict = "identical" if same else "differs (no seed variance)"
-            else:
-                noise = "within noise" if row.p_value >= ALPHA else "differs"
-                row.verdict = f"{noise} (p={row.p_value:.2g})"
+        if row.config == row.baseline:
+            continue
+        if base is not None and row.trained and base.trained:
+            row.comparison = compare(row.trained, base.trained)
+    families: dict[str, list[ConfigSummary]] = {}
+    for row in rows.values():
+        if row.comparison is not None:
+            families.setdefault(str(row.baseline), []).append(row)
+    for family in families.values():
+        for row, p_adj in zip(family, holm([r.comparison.p for r in family]), strict=True):
+            row.comparison.p_adj = p_adj
+    scale = metric_scale(metric)[0]
+    for row in rows.values():
+        row.verdict = _verdict(row, rows.get(row.baseline) if row.baseline else None, metric=metric, scale=scale)
     return list(rows.values())
+
+
+def _verdict(row: ConfigSummary, base: ConfigSummary | None, *, metric: str, scale: float) -> str:
+    notes = []
+    if row.collapsed:
+        notes.append(f"{row.collapsed} of {len(row.runs)} seeds collapsed")
+    if base is not None and base is not row and base.collapsed:
+        notes.append(f"baseline: {base.collapsed} of {len(base.runs)} seeds collapsed")
+    prefix = "; ".join(notes) + ("; " if notes else "")
+    if not row.runs:
+        return "failed" if row.failed else "not run yet"
+    if row.config == row.baseline:
+        return prefix + "baseline"
+    if base is None:
+        return prefix + "n/a (no baseline)"
+    if row.comparison is None:
+        if not base.runs:
+            return prefix + "n/a (baseline not run)"
+        return prefix + "n/a (< 2 trained seeds on a side)"
+    return prefix + verdict(row.comparison, metric=metric, scale=scale)
 
 
 def human(value: float | None) -> str:
@@ -177,56 +256,131 @@ def _delta(value: float | None, base: float | None, *, fmt: str = "human") -> st
     return f"{text} ({100 * diff / base:+.1f}%)" if base else text
 
 
-def table_rows(rows: list[ConfigSummary], metric: str) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the summary table (shared by summary.md and the printed table)."""
-    scale, unit = (100.0, " %") if metric.rsplit(".", 1)[-1] in ("acc", "acc5", "f1", "map", "map50") else (1.0, "")
-    header = ["configuration", f"{metric}{unit} mean ± std", "n", "params", "MACs", "latency ms", "train img/s",
-              f"Δ {metric}{unit}", "Δ params", "Δ MACs", "Δ latency ms", "vs baseline"]
+def _pm(value: float | None, scale: float) -> str:
+    return "-" if value is None else f"{scale * value:.2f}"
+
+
+def _per_seed(row: ConfigSummary, scale: float) -> str:
+    """Every finished seed's value, collapsed ones marked ✗ (so one collapse shows as one collapse)."""
+    runs = sorted(row.runs, key=lambda r: r.plan.seed)
+    return " · ".join(f"s{r.plan.seed} {_pm(r.metric, scale)}{' ✗' if r.collapsed else ''}" for r in runs) or "-"
+
+
+def accuracy_rows(rows: list[ConfigSummary], metric: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the metric table: per-seed values, median, mean ± std, test-set noise, the difference
+    to the baseline with its 95 % CI, the test used and the verdict."""
+    scale, unit = metric_scale(metric)
+    header = ["configuration", f"{metric}{unit} per seed (✗ collapsed)", "median", "mean ± std", "n",
+              "test-set ±95%", f"Δ vs baseline{unit} [95% CI]", "test", "verdict"]
+    cells = []
+    for r in rows:
+        n = f"{len(r.runs)}" + (f" ({r.failed} failed)" if r.failed else "") + (
+            f" ({r.pending} pending)" if r.pending else "")
+        halves = [(hi - lo) / 2 for lo, hi in (x.interval for x in r.runs if x.interval)]
+        noise = f"±{scale * statistics.median(halves):.2f}" if halves else "-"
+        if r.test_is_val:
+            noise += " (val)¹"
+        c = r.comparison
+        delta = "-" if c is None else f"{scale * c.diff:+.2f} [{scale * c.ci[0]:+.2f}, {scale * c.ci[1]:+.2f}]"
+        cells.append([r.config, _per_seed(r, scale), _pm(r.median, scale),
+                      _pm(r.mean, scale) + ("" if r.std is None else f" ± {scale * r.std:.2f}"), n, noise, delta,
+                      "-" if c is None else c.label, r.verdict])
+    return header, cells
+
+
+def cost_rows(rows: list[ConfigSummary]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the cost table (params, MACs, latency, throughput and their differences)."""
+    header = ["configuration", "params", "MACs", "latency ms", "train img/s", "Δ params", "Δ MACs", "Δ latency ms"]
     by_name = {r.config: r for r in rows}
     cells = []
     for r in rows:
         base = by_name.get(r.baseline) if r.baseline else None
-        mean = "-" if r.mean is None else f"{scale * r.mean:.2f}"
-        std = "" if r.std is None else f" ± {scale * r.std:.2f}"
-        n = f"{len(r.values)}" + (f" ({r.failed} failed)" if r.failed else "") + (
-            f" ({r.pending} pending)" if r.pending else "")
-        dm = "-" if base is None or r.mean is None or base.mean is None or base is r else \
-            f"{scale * (r.mean - base.mean):+.2f}"
         same = base is None or base is r
-        cells.append([r.config, mean + std, n, human(r.params), human(r.macs),
+        cells.append([r.config, human(r.params), human(r.macs),
                       "-" if r.latency_ms is None else f"{r.latency_ms:.2f}",
-                      "-" if r.throughput is None else f"{r.throughput:.0f}", dm,
+                      "-" if r.throughput is None else f"{r.throughput:.0f}",
                       "-" if same else _delta(r.params, base.params), "-" if same else _delta(r.macs, base.macs),
-                      "-" if same else _delta(r.latency_ms, base.latency_ms, fmt="ms"), r.verdict])
+                      "-" if same else _delta(r.latency_ms, base.latency_ms, fmt="ms")])
     return header, cells
+
+
+def _markdown(header: list[str], cells: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells)]
+
+
+def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
+    """What the verdicts mean and what the seeds can resolve, in words."""
+    scale, unit = metric_scale(metric)
+    families: dict[str, int] = {}
+    for r in rows:
+        if r.comparison is not None and r.comparison.p is not None:
+            families[str(r.baseline)] = families.get(str(r.baseline), 0) + 1
+    tests = sorted({r.comparison.test for r in rows if r.comparison is not None})
+    mdds = [r.comparison.mdd for r in rows if r.comparison is not None]
+    lines = [
+        "**Verdicts.** Each configuration is compared with the `none` baseline of its backbone (references: with "
+        "the first backbone's). Runs with the same seed see the same data order and augmentation, so wherever "
+        "both have at least two seeds in common the test is **paired**: the per-seed differences, their mean with a "
+        "95 % t confidence interval, and `scipy.stats.ttest_rel`. Otherwise it is **Welch's** t-test "
+        "(`scipy.stats.ttest_ind(equal_var=False)`, CI of the difference of means). The `test` column says which. "
+        "P-values are two-sided and **Holm–Bonferroni adjusted** over all configurations compared with the same "
+        f"baseline ({', '.join(f'{m} against `{b}`' for b, m in families.items()) or 'no comparison yet'}). "
+        f"\"better\" / \"worse\" only when the adjusted p < {ALPHA}. Otherwise \"inconclusive\", with the "
+        f"**minimum detectable difference**: the true difference a test of these seeds would find with "
+        f"{POWER:.0%} power at alpha = {ALPHA} (two-sided, before the adjustment; noncentral t from the observed "
+        "sd of the paired differences, or the pooled sd for Welch). Inconclusive is not \"no effect\": differences "
+        "smaller than that number are invisible to this table.",
+    ]
+    if mdds:
+        lines[-1] += (f" Here it ranges from {scale * min(mdds):.2f} to {scale * max(mdds):.2f}"
+                      f"{' points' if scale == 100 else ''} ({', '.join(tests)} tests).")
+    lines += [
+        "",
+        "**Collapsed runs** (✗, `collapsed` and `collapse_reason` in results.csv): a non-finite metric or loss, an "
+        f"accuracy at or near chance (less than {NEAR_CHANCE:.0%} of the way from chance to 100 %), or a "
+        "validation metric that never rose above its first epoch's value (3+ epochs). They are shown per seed and "
+        "counted in the median and mean ± std (that is what the configuration gave), but left out of the test, "
+        "which assumes ordinary seed noise; the verdict then starts with \"k of n seeds collapsed\" (a pair "
+        "with a collapsed side is dropped).",
+        "",
+        "**Test-set noise.** `test-set ±95%` is the median half-width of each run's 95 % Wilson interval for "
+        "the accuracy on its test images (per run in results.csv, `ci95_low`/`ci95_high`); compare it with the "
+        "seed std. mAP has no such interval here: a bootstrap over test images would need per-image "
+        "predictions, which runs do not store.",
+    ]
+    return lines
 
 
 def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: Path, *, name: str, metric: str,
                      latency_info: dict[str, Any], plots: list[str]) -> str:
-    header, cells = table_rows(rows, metric)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "pending")}
+    collapsed = [r for r in results if r.status == "ok" and r.collapsed]
     lines = [
         f"# Sweep {name}", "",
-        f"Runs: {counts['ok']} finished, {counts['failed']} failed, {counts['pending']} not run yet. "
-        f"Metric: `{metric}` of each run's metrics.json (best checkpoint on the test split), mean ± sample std "
-        "(n-1) over seeds.", "",
-        "**Within seed noise?** Each configuration is compared with the `none` baseline of the same backbone "
-        "(references: with the first backbone's) by Welch's t-test (two-sided, unequal variances: "
-        f"`scipy.stats.ttest_ind(a, b, equal_var=False)`), alpha = {ALPHA}. \"within noise\" means the seeds give "
-        "no evidence of a difference, not evidence that there is none: with 2-3 seeds the test only sees large "
-        "effects. \"n/a\" when either side has fewer than 2 seeds.", "",
-        f"Cost: params and MACs at batch 1 and the run's img_size (from metrics.json); latency is the median "
+        f"Runs: {counts['ok']} finished ({len(collapsed)} collapsed), {counts['failed']} failed, "
+        f"{counts['pending']} not run yet. Metric: `{metric}` of each run's metrics.json (best checkpoint on the "
+        "test split); mean ± sample std (n-1) over seeds.", "",
+        *_markdown(*accuracy_rows(rows, metric)), "",
+        *statistics_note(rows, metric), "",
+        "## Cost", "",
+        f"Params and MACs at batch 1 and the run's img_size (from metrics.json); latency is the median "
         f"forward time at batch 1 on the CPU (eval, no grad, {latency_info.get('threads', '?')} torch threads, "
         f"{latency_info.get('repeats', '?')} passes taken in turns with the other models, on "
         f"{latency_info.get('cpu', platform.machine())}) of the rebuilt model, measured after training, so it is "
-        "comparable within this table only; train img/s is "
-        "the training throughput from metrics.json (mean over seeds; runs may have shared the machine).", "",
-        "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells), "",
+        "comparable within this table only; train img/s is the training throughput from metrics.json (mean over "
+        "seeds; runs may have shared the machine).", "",
+        *_markdown(*cost_rows(rows)), "",
     ]
+    if collapsed:
+        lines += ["## Collapsed runs", "", *(f"- `{r.plan.run_id}`: {r.collapse_reason}" for r in collapsed), ""]
     failed = [r for r in results if r.status == "failed"]
     if failed:
         lines += ["## Failed runs", "", *(f"- `{r.plan.run_id}`: {r.error}" for r in failed), ""]
+    if any(r.test_is_val for r in results):
+        lines += ["¹ The data set has no test split, so these runs were tested on their val split, the split that "
+                  "chose their best checkpoint: the metric is optimistic (`test_is_val` in metrics.json and "
+                  "results.csv).", ""]
     if plots:
         lines += ["## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
     text = "\n".join(lines)
@@ -238,16 +392,16 @@ def print_table(rows: list[ConfigSummary], metric: str, *, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    header, cells = table_rows(rows, metric)
-    table = Table(title=title)
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i in (0, len(header) - 1) else "right", no_wrap=True)
-    for row in cells:
-        table.add_row(*row)
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *cells, strict=True)]
     console = Console()
-    console.width = max(console.width, sum(widths) + 3 * len(widths) + 1)
-    console.print(table)
+    for caption, (header, cells) in ((title, accuracy_rows(rows, metric)), ("cost", cost_rows(rows))):
+        table = Table(title=caption)
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i in (0, len(header) - 1) else "right", no_wrap=True)
+        for row in cells:
+            table.add_row(*row)
+        widths = [max(len(str(c)) for c in column) for column in zip(header, *cells, strict=True)]
+        console.width = max(console.width, sum(widths) + 3 * len(widths) + 1)
+        console.print(table)
 
 
 def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:

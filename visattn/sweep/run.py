@@ -197,7 +197,7 @@ def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_t
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
         raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
     latency, info = measure_latencies(sweep_dir, results, threads=latency_threads)
-    rows = summarize(results, latency)
+    rows = summarize(results, latency, metric=metric)
     write_results_csv(results, sweep_dir / "results.csv", metric)
     plots = write_plots(rows, results, sweep_dir, metric)
     name = sweep_dir.name
@@ -212,4 +212,3 @@ def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_t
         if pending:
             print(f"{pending} run(s) not run yet; run the same command again to continue")
     return SweepResult(sweep_dir, results, rows, text)
-

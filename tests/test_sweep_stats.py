@@ -1,0 +1,249 @@
+"""Sweep statistics on hand-made seed tables: verdicts, Holm, paired vs Welch, collapse flags, test-set intervals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy.stats import binomtest, nct, t, ttest_ind, ttest_rel
+
+from visattn.sweep.grid import RunPlan
+from visattn.sweep.plots import _cost_slots, _error, write_plots
+from visattn.sweep.report import ConfigSummary, RunResult, collect, summarize, write_results_csv, write_summary_md
+from visattn.sweep.stats import collapse_reason, compare, holm, min_detectable, verdict, wilson
+
+BASE = [0.80, 0.83, 0.81, 0.82]
+
+
+def runs(config: str, values: list[float], *, seeds: list[int] | None = None) -> list[RunResult]:
+    seeds = list(range(len(values))) if seeds is None else seeds
+    return [RunResult(RunPlan(f"{config}-s{s}", config, "grid", "resnet18", config.split("/")[1], {}, s, {},
+                              "resnet18/none"), "ok", v, 10, 10) for s, v in zip(seeds, values, strict=True)]
+
+
+def by_config(rows: list[ConfigSummary]) -> dict[str, ConfigSummary]:
+    return {r.config: r for r in rows}
+
+
+def test_better_worse_inconclusive_on_hand_made_tables():
+    table = (runs("resnet18/none", BASE)
+             + runs("resnet18/se", [b + d for b, d in zip(BASE, [0.050, 0.052, 0.049, 0.051], strict=True)])
+             + runs("resnet18/cbam", [b - d for b, d in zip(BASE, [0.030, 0.031, 0.029, 0.030], strict=True)]))
+    rows = by_config(summarize(table, {}, metric="test.acc"))
+    assert rows["resnet18/none"].verdict == "baseline"
+    assert rows["resnet18/se"].verdict.startswith("better (Holm p=")
+    assert rows["resnet18/cbam"].verdict.startswith("worse (Holm p=")
+    # the first flagship sweep's MHSA row (-30 points on average, all over the place), once read "within noise"
+    flagship = by_config(summarize(runs("resnet18/none", [0.875, 0.838, 0.860])
+                                   + runs("resnet18/mhsa", [0.733, 0.372, 0.559]), {}, metric="test.acc"))
+    mhsa = flagship["resnet18/mhsa"]
+    assert mhsa.comparison.diff == pytest.approx(-0.303)
+    # never a tie: inconclusive, and the smallest difference these seeds could see is larger than 30 points
+    assert mhsa.verdict.startswith("inconclusive") and "detectable: ±" in mhsa.verdict
+    detectable = float(mhsa.verdict.split("±")[1].rstrip(")"))
+    assert detectable == pytest.approx(100 * mhsa.comparison.mdd, abs=0.01) and detectable > 30
+    assert mhsa.comparison.ci[0] < mhsa.comparison.diff < mhsa.comparison.ci[1] and mhsa.comparison.ci[1] > 0
+    rows.update(flagship)
+    for row in rows.values():
+        assert "noise" not in row.verdict and "identical" not in row.verdict
+    # lower is better for a loss: the same table flips
+    assert verdict(rows["resnet18/se"].comparison, metric="test.loss").startswith("worse")
+
+
+def test_minimum_detectable_difference_has_80_percent_power():
+    for se, df in ((0.01, 1), (0.02, 3), (0.5, 40)):
+        mdd = min_detectable(se, df)
+        crit = t.ppf(0.975, df)
+        power = nct.sf(crit, df, mdd / se)  # the wrong-sign tail is < 1e-6 here (and NaN in scipy at df=1)
+        assert power == pytest.approx(0.8, abs=1e-5)
+    assert min_detectable(1.0, 10_000) == pytest.approx(1.95996 + 0.84162, abs=1e-3)  # the normal limit
+    # paired: from the sd of the differences; Welch: from the pooled sd
+    diffs = [0.01, -0.02, 0.03]
+    paired = compare({i: 0.5 + d for i, d in enumerate(diffs)}, {i: 0.5 for i in range(3)})
+    sd = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
+    assert paired.mdd == pytest.approx(min_detectable(sd / math.sqrt(3), 2))
+    a, b = [0.6, 0.62, 0.64], [0.5, 0.55]
+    welch = compare(dict(enumerate(a)), {10: b[0], 11: b[1]})
+    pooled = math.sqrt((sum((x - 0.62) ** 2 for x in a) + sum((x - 0.525) ** 2 for x in b)) / 3)
+    assert welch.mdd == pytest.approx(min_detectable(pooled * math.sqrt(1 / 3 + 1 / 2), 3))
+
+
+def test_holm_matches_a_hand_computation():
+    # sorted: 0.01*4 = 0.04; 0.03*3 = 0.09; 0.04*2 = 0.08 -> 0.09 (monotone); 0.20*1 = 0.20
+    assert holm([0.01, 0.04, None, 0.03, 0.20]) == pytest.approx([0.04, 0.09, None, 0.09, 0.20])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    # in a sweep: the family is every configuration with a p-value against the same baseline
+    table = (runs("resnet18/none", BASE)
+             + runs("resnet18/se", [b + d for b, d in zip(BASE, [0.02, 0.035, 0.005, 0.025], strict=True)])
+             + runs("resnet18/eca", [b + d for b, d in zip(BASE, [0.01, -0.01, 0.02, 0.0], strict=True)])
+             + runs("resnet18/cbam", [b + d for b, d in zip(BASE, [0.03, -0.02, 0.04, 0.01], strict=True)]))
+    rows = by_config(summarize(table, {}, metric="test.acc"))
+    names = ["resnet18/se", "resnet18/eca", "resnet18/cbam"]
+    raw = [ttest_rel([x.metric for x in table if x.plan.config == n], BASE).pvalue for n in names]
+    order = sorted(range(3), key=lambda i: raw[i])
+    expected, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * raw[i]))
+        expected[i] = running
+    for name, p, adj in zip(names, raw, expected, strict=True):
+        assert rows[name].comparison.p == pytest.approx(p)
+        assert rows[name].comparison.p_adj == pytest.approx(adj)
+    se = rows["resnet18/se"]
+    assert se.comparison.p < 0.05 < se.comparison.p_adj  # significant alone, not after the adjustment
+    assert se.verdict.startswith("inconclusive")
+    summary = write_summary_md(list(rows.values()), table, Path("/dev/null"), name="x", metric="test.acc",
+                               latency_info={}, plots=[])
+    assert "Holm–Bonferroni adjusted" in summary and "3 against `resnet18/none`" in summary
+
+
+def test_paired_when_seeds_are_shared_welch_otherwise():
+    a, b = [0.70, 0.74, 0.71], [0.65, 0.70, 0.69]
+    paired = compare(dict(enumerate(a)), dict(enumerate(b)))
+    reference = ttest_rel(a, b)
+    assert paired.test == "paired" and paired.label == "paired, 3 seeds"
+    assert paired.p == pytest.approx(reference.pvalue)
+    ci = reference.confidence_interval(0.95)
+    assert paired.ci == pytest.approx((ci.low, ci.high))
+    welch = compare({0: a[0], 1: a[1], 2: a[2]}, {3: b[0], 4: b[1], 5: b[2]})  # no seed in common
+    reference = ttest_ind(a, b, equal_var=False)
+    assert welch.test == "Welch" and welch.label == "Welch, 3 vs 3"
+    assert welch.p == pytest.approx(reference.pvalue) and welch.p > paired.p  # pairing removes the seed effect
+    ci = reference.confidence_interval(0.95)
+    assert welch.ci == pytest.approx((ci.low, ci.high))
+    assert compare({0: a[0], 1: a[1], 2: a[2]}, {0: b[0], 5: b[1]}).test == "Welch"  # one shared seed: not enough
+    assert compare({0: a[0], 1: a[1], 7: a[2]}, {0: b[0], 1: b[1], 5: b[2]}).label == "paired, 2 seeds"
+    assert compare({0: 0.5}, {0: 0.4, 1: 0.5}) is None
+    rows = by_config(summarize(runs("resnet18/none", b) + runs("resnet18/se", a, seeds=[3, 4, 5]), {}))
+    assert rows["resnet18/se"].comparison.test == "Welch"
+
+
+def test_no_seed_variance_is_not_a_p_value_of_zero():
+    same_shift = compare({0: 0.86, 1: 0.88, 2: 0.87}, {0: 0.85, 1: 0.87, 2: 0.86})  # +0.01 on every seed (floats)
+    assert same_shift.p is None
+    assert verdict(same_shift, metric="test.acc").startswith("better on every seed by the same amount")
+    assert verdict(compare({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6}), metric="test.acc").startswith("inconclusive")
+
+
+def fake_run(root: Path, run_id: str, *, acc: float, val: list[float], loss: str = "0.5", test_size: int = 1000,
+             test_is_val: bool = False) -> None:
+    run_dir = root / "runs" / run_id
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"test": {"acc": acc, "loss": 0.5}, "num_classes": 10, "test_size": test_size, "params": 100,
+         "macs": 1000, "test_is_val": test_is_val}))
+    lines = ["epoch,step,train/loss_epoch,val/acc"] + [f"{e},{e},{loss},{v}" for e, v in enumerate(val)]
+    (run_dir / "logs" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_collapse_reasons():
+    rows = [{"epoch": str(e), "val/acc": str(v), "train/loss_epoch": "0.5"} for e, v in enumerate([0.3, 0.6, 0.8])]
+    healthy = {"num_classes": 10, "test": {"acc": 0.8, "loss": 0.6}}
+    assert collapse_reason(metric="test.acc", value=0.8, metrics=healthy, rows=rows) == ""
+    assert "at chance (10 % for 10 classes)" in collapse_reason(metric="test.acc", value=0.161, metrics=healthy,
+                                                                rows=rows)
+    assert collapse_reason(metric="test.acc", value=0.20, metrics=healthy, rows=rows) == ""  # above 19 %
+    assert "at chance (50 % for 10 classes)" in collapse_reason(metric="test.acc5", value=0.52, metrics=healthy,
+                                                                rows=rows)
+    nan_rows = [*rows[:2], {**rows[2], "train/loss_epoch": "nan"}]
+    assert "train/loss_epoch is nan at epoch 2" in collapse_reason(metric="test.acc", value=0.8, metrics=healthy,
+                                                                   rows=nan_rows)
+    assert "test.acc is nan" in collapse_reason(metric="test.acc", value=math.nan, metrics=healthy, rows=rows)
+    flat = [{"epoch": str(e), "val/acc": str(v)} for e, v in enumerate([0.5, 0.48, 0.5, 0.49])]
+    assert "val/acc never rose after epoch 1" in collapse_reason(metric="test.acc", value=0.5, metrics=healthy,
+                                                                 rows=flat)
+    assert collapse_reason(metric="test.acc", value=0.5, metrics=healthy, rows=flat[:2]) == ""  # too short to say
+    assert collapse_reason(metric="test.map", value=0.0, metrics={"test": {"map": 0.0}}, rows=[]) == ""
+
+
+def test_collapsed_run_is_flagged_shown_and_left_out_of_the_test(tmp_path):
+    base, stn = [0.85, 0.87, 0.86], [0.87, 0.88, 0.161]
+    plans = []
+    for config, values in (("resnet18/none", base), ("resnet18/stn", stn)):
+        for seed, acc in enumerate(values):
+            run_id = f"{config.replace('/', '-')}-s{seed}"
+            plans.append(RunPlan(run_id, config, "grid", "resnet18", config.split("/")[1], {}, seed, {},
+                                 "resnet18/none"))
+            fake_run(tmp_path, run_id, acc=acc, val=[0.5, 0.7, acc] if acc > 0.5 else [acc, acc, acc])
+    results = collect(tmp_path, plans, "test.acc")
+    rows = by_config(summarize(results, {}, metric="test.acc"))
+    stn_row = rows["resnet18/stn"]
+    assert stn_row.collapsed == 1 and len(stn_row.values) == 3  # shown and counted in mean/median
+    assert stn_row.median == pytest.approx(0.87) and stn_row.mean == pytest.approx(sum(stn) / 3)
+    assert stn_row.comparison.n == (2, 2)  # the collapsed seed's pair is out of the test
+    assert stn_row.verdict.startswith("1 of 3 seeds collapsed; inconclusive")
+    write_results_csv(results, tmp_path / "results.csv", "test.acc")
+    with open(tmp_path / "results.csv", newline="") as handle:
+        table = {r["run_id"]: r for r in csv.DictReader(handle)}
+    assert table["resnet18-stn-s2"]["collapsed"] == "True"
+    assert "acc 16.1 % is at chance" in table["resnet18-stn-s2"]["collapse_reason"]
+    assert "never rose" in table["resnet18-stn-s2"]["collapse_reason"]
+    assert table["resnet18-stn-s0"]["collapsed"] == "False" and table["resnet18-stn-s0"]["collapse_reason"] == ""
+    # each run's Wilson interval over its 1000 test images
+    interval = binomtest(870, 1000).proportion_ci(0.95, method="wilson")
+    assert float(table["resnet18-stn-s0"]["ci95_low"]) == pytest.approx(interval.low)
+    assert float(table["resnet18-stn-s0"]["ci95_high"]) == pytest.approx(interval.high)
+    assert table["resnet18-stn-s0"]["test_size"] == "1000"
+    summary = write_summary_md(list(rows.values()), results, tmp_path / "summary.md", name="x", metric="test.acc",
+                               latency_info={}, plots=[])
+    assert "s2 16.10 ✗" in summary and "## Collapsed runs" in summary and "`resnet18-stn-s2`: acc 16.1 %" in summary
+    assert "| 87.00 |" in summary  # the median beside the mean
+    assert "±2.15" in summary  # median Wilson half-width at 1000 images and ~86 %
+    assert "¹" not in summary
+
+
+def test_wilson_interval_and_test_is_val_footnote(tmp_path):
+    assert wilson(0.86, 10_000) == pytest.approx((0.8530, 0.8667), abs=1e-4)
+    assert wilson(1.0, 50)[1] == 1.0 and wilson(0.0, 50)[0] == 0.0
+    plans = [RunPlan(f"r-s{s}", "csp_n/none", "grid", "csp_n", "none", {}, s, {}, "csp_n/none") for s in (0, 1)]
+    for s in (0, 1):
+        fake_run(tmp_path, f"r-s{s}", acc=0.5, val=[0.1, 0.3, 0.5], test_is_val=True)
+    results = collect(tmp_path, plans, "test.acc")
+    assert all(r.test_is_val for r in results)
+    summary = write_summary_md(summarize(results, {}), results, tmp_path / "summary.md", name="x",
+                               metric="test.acc", latency_info={}, plots=[])
+    assert "(val)¹" in summary and "¹ The data set has no test split" in summary
+
+
+def test_plots_spread_equal_costs_and_clip_intervals(tmp_path):
+    rows = summarize(runs("resnet18/none", BASE) + runs("resnet18/se", [0.5, 0.99, 0.98, 0.97]), {})
+    rows[1].macs = 10_010  # 0.1 % more than the baseline's 10,000: the same x without spreading
+    rows[0].macs = 10_000
+    slots = _cost_slots(rows)
+    assert slots["resnet18/none"] != slots["resnet18/se"]
+    low, high = _error(rows[1].mean, rows[1].std, "test.acc", 100.0)
+    assert rows[1].mean + rows[1].std > 1.0 and 100 * rows[1].mean + high[0] == pytest.approx(100.0)
+    unbounded = _error(0.9, 0.3, "test.loss", 1.0)  # a loss is not clipped
+    assert unbounded == ([pytest.approx(0.3)], [pytest.approx(0.3)])
+    for row in rows:
+        for run in row.runs:
+            (tmp_path / "runs" / run.plan.run_id).mkdir(parents=True)
+    files = write_plots(rows, [r for row in rows for r in row.runs], tmp_path, "test.acc")
+    for name in files:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("with_test", [False, True])
+def test_detection_set_without_test_split_warns_and_says_test_is_val(tmp_path, with_test):
+    import cv2
+    import numpy as np
+
+    from visattn.data.detect import DetectionDataModule
+
+    splits = ("train", "val", "test") if with_test else ("train", "val")
+    for split in splits:
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "images" / split / f"{split}.png"), np.full((20, 40, 3), 128, np.uint8))
+        (tmp_path / "labels" / split / f"{split}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "classes.txt").write_text("a\n")
+    dm = DetectionDataModule(name="yolo", data_dir=str(tmp_path), img_size=32, num_workers=0)
+    if with_test:
+        dm.setup("fit")
+        assert dm.test_is_val is False
+    else:
+        with pytest.warns(UserWarning, match="no test split: the val split stands in"):
+            dm.setup("fit")
+        assert dm.test_is_val is True
