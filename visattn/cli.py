@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
-from visattn.config import ConfigError, TrainConfig, make_config, read_yaml
+from visattn.config import (
+    DATA_IMG_SIZE,
+    TASK_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    make_config,
+    packaged_configs,
+    read_yaml,
+    resolve_config,
+)
 
 # Errors a user can cause with a flag, a config or a file; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError)
@@ -28,6 +39,21 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"visattn: error: {error_text(err)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence two messages Lightning prints on every run that a user can do nothing about: the "try installing
+    litlogger" advertisement and torch's ``LeafSpec`` deprecation, raised inside Lightning's own pytree code.
+    Idempotent; everything else Lightning says is kept. DataLoader workers and DDP children inherit the filters."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
 
 
 def parse_value(text: str) -> Any:
@@ -66,49 +92,84 @@ def nest_dotted(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str,
     return out
 
 
+def by_task(key: str) -> str:
+    """``64 (classify), 16 (detect)``, or one value when the tasks agree."""
+    values = {task: defaults[key] for task, defaults in TASK_DEFAULTS.items()}
+    if len(set(values.values())) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{value} ({task})" for task, value in values.items())
+
+
+def img_size_defaults() -> str:
+    """``digits 32, cluttered-digits 64, ...``: data sets sharing a size are grouped."""
+    groups: dict[int, list[str]] = {}
+    for name, size in DATA_IMG_SIZE.items():
+        groups.setdefault(size, []).append(name)
+    return ", ".join(f"{'/'.join(names)} {size}" for size, names in groups.items())
+
+
+def choices_text() -> str:
+    """The valid backbones, blocks, data sets and packaged configs, for the end of ``--help``."""
+    import textwrap
+
+    import visattn
+    from visattn.data import list_datasets
+    from visattn.data.detect import DETECTION_DATASETS
+
+    lines = [("backbones", visattn.list_backbones()), ("attention blocks", visattn.list_attention()),
+             ("data (classify)", list_datasets()), ("data (detect)", DETECTION_DATASETS.names()),
+             ("packaged configs", sorted(k.split("/", 1)[1] for k in packaged_configs()
+                                         if not k.startswith("sweeps/")))]
+    return "\n".join(textwrap.fill(", ".join(names), width=118, initial_indent=f"  {label + ':':<18}",
+                                    subsequent_indent=" " * 20) for label, names in lines)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of a training run; the help shows each default as it will be applied (None means "not set")."""
+    base = TrainConfig()
     add = parser.add_argument
-    add("--config", help="YAML file of TrainConfig keys; flags given here override it")
-    add("--task", choices=["classify", "detect"])
-    add("--backbone", help="a name from visattn.list_backbones()")
-    add("--attn", help="an attention block name from visattn.list_attention(), or 'none'")
+    add("--config", help="YAML file of TrainConfig keys, or a packaged config's name (e.g. digits_resnet18_cbam); "
+                         "flags given here override it")
+    add("--task", choices=["classify", "detect"], help=f"(default: {base.task})")
+    add("--backbone", help=f"see the list below (default: {base.backbone})")
+    add("--attn", help="an attention block (list below), or 'none' (default: none)")
     add("--attn-at", help="glob(s) over slot names, comma-separated (default: the backbone's default slots)")
-    add("--data", help="digits | cluttered-digits | imagefolder | cifar (classify); shapes | coco | yolo (detect)")
+    add("--data", help=f"a data set (list below) (default: {by_task('data')})")
     add("--data-dir", help="folder of an imagefolder / cifar / coco / yolo data set")
-    add("--img-size", type=int)
-    add("--epochs", type=int)
-    add("--batch-size", type=int)
-    add("--lr", type=float)
-    add("--weight-decay", type=float)
-    add("--optimizer", choices=["adamw", "sgd"])
-    add("--label-smoothing", type=float)
-    add("--warmup-epochs", type=float)
-    add("--early-stopping", type=int, metavar="PATIENCE")
-    add("--seed", type=int)
+    add("--img-size", type=int, help=f"square input side (default by data set: {img_size_defaults()})")
+    add("--epochs", type=int, help=f"(default: {by_task('epochs')})")
+    add("--batch-size", type=int, help=f"(default: {by_task('batch_size')})")
+    add("--lr", type=float, help=f"peak learning rate, after warm-up; cosine decay (default: {base.lr:g})")
+    add("--weight-decay", type=float, help=f"(default: {base.weight_decay:g})")
+    add("--optimizer", choices=["adamw", "sgd"], help=f"(default: {base.optimizer})")
+    add("--label-smoothing", type=float, help=f"classification (default: {base.label_smoothing:g})")
+    add("--warmup-epochs", type=float, help=f"linear warm-up (default: {base.warmup_epochs:g})")
+    add("--early-stopping", type=int, metavar="PATIENCE", help="stop after PATIENCE epochs without a better "
+                                                               "validation metric (default: off)")
+    add("--seed", type=int, help=f"(default: {base.seed})")
     add("--pretrained", metavar="PATH", help="local weights file (.pth, .safetensors, .ckpt); nothing is downloaded")
-    add("--out", help="parent folder of run directories (default: runs)")
+    add("--out", help=f"parent folder of run directories (default: {base.out})")
     add("--name", help="run directory name (default: <data>-<backbone>-<attn>-s<seed>)")
     add("--resume", action="store_true", default=None, help="continue the run from its last.ckpt")
     add("--overwrite", action="store_true", default=None, help="replace an existing run directory")
     add("--limit", type=int, help="use only the first N samples of each split (quick checks)")
     add("--skip-bad-images", action="store_true", default=None, help="skip undecodable images and count them")
-    add("--num-workers", type=int)
-    add("--accelerator", help="auto | cpu | gpu | ...")
-    add("--devices", help="auto | N | list, as lightning.Trainer takes")
-    add("--strategy", help="auto | ddp | ddp_spawn | fsdp | ...")
-    add("--num-nodes", type=int)
-    add("--precision", help="auto (bf16-mixed where the CPU/GPU has bf16 matmuls, else 32) | 32 | bf16-mixed | 16-mixed")
-    add("--channels-last", action="store_true", default=None, help="NHWC memory layout")
-    add("--compile", action="store_true", default=None, help="torch.compile the model")
-    add("--visualize-every", type=int, metavar="N", help="save attention figures every N epochs")
-    add("--set", action="append", metavar="KEY=VALUE", help="any other config key (repeatable)")
+    add("--num-workers", type=int, help="data loader workers (default: one per spare core, at most 2)")
+    add("--accelerator", help=f"auto | cpu | gpu | ... (default: {base.accelerator})")
+    add("--devices", help=f"auto | N | list, as lightning.Trainer takes (default: {base.devices})")
+    add("--strategy", help=f"auto | ddp | ddp_spawn | fsdp | ... (default: {base.strategy})")
+    add("--num-nodes", type=int, help=f"(default: {base.num_nodes})")
+    add("--precision", help=f"32 | bf16-mixed | 16-mixed (default: {base.precision})")
+    add("--visualize-every", type=int, metavar="N", help="save attention figures every N epochs (default: never)")
+    add("--set", action="append", metavar="KEY=VALUE", help="any other config key (repeatable), e.g. "
+                                                            "backbone_args.base_width=32")
     add("--trainer", action="append", metavar="KEY=VALUE", help="any other lightning.Trainer argument (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    file_values = read_yaml(args.config) if args.config else {}
+    file_values = read_yaml(resolve_config(args.config)) if args.config else {}
     overrides: dict[str, Any] = nest_dotted(key_values(args.set, "--set"), {**TrainConfig().to_dict(), **file_values})
-    skip = {"config", "set", "trainer", "attn_at"}
+    skip = {"config", "set", "trainer", "attn_at", "print_config"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
             overrides[key] = value
@@ -124,15 +185,42 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return make_config(file_values, overrides, source=args.config or "config")
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    from visattn.train import fit, prepare
+TRAIN_EXAMPLES = """\
+examples:
+  {prog} --backbone resnet18 --attn cbam                                     # digits, 32 px, 15 epochs
+  {prog} --config digits_resnet18_cbam --epochs 5                             # a packaged config, one key changed
+  {prog} --backbone resnet50 --attn se --data imagefolder --data-dir ~/pets   # 224 px
+  {prog} --task detect --backbone csp_n --attn eca                            # built-in shapes, 160 px
+  {prog} --config shapes_csp_n_eca --print-config                             # the resolved config, no training
+
+Precedence: flags, then the --config file, then the defaults shown above. The run directory
+<out>/<name>/ gets config.yaml (resolved), checkpoints/, logs/ and metrics.json.
+"""
+
+
+def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
+    from visattn.commands import version_text
 
     parser = argparse.ArgumentParser(
-        prog="tools/train.py", description="Train a backbone with attention blocks (classification or detection)."
+        prog=prog, description="Train a backbone with attention blocks (classification or detection).",
+        epilog=TRAIN_EXAMPLES.format(prog=prog) + "\nvalid choices:\n" + choices_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_train_arguments(parser)
-    args = parser.parse_args(argv)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--version", action="version", version=version_text())
+    return parser
+
+
+def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
+    from visattn.train import fit, prepare
+
+    args = train_parser(prog).parse_args(argv)
     config = config_from_args(args)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    quiet_lightning()
     prepared = prepare(config)
     metrics = fit(prepared)
     if prepared.trainer.is_global_zero:

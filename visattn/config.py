@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,17 @@ import yaml
 from visattn.registry import did_you_mean
 
 TASKS = ("classify", "detect")
+# Defaults that depend on the task, then on the data set; --help prints these tables (visattn.cli).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {"data": "digits", "img_size": 32, "batch_size": 64, "epochs": 15},
+    "detect": {"data": "shapes", "img_size": 160, "batch_size": 16, "epochs": 15},
+}
+# Image size by data set: the built-in sets at the size they are drawn at, CIFAR at its native 32, image folders
+# at the ImageNet 224 that pretrained weights expect, COCO/YOLO folders at the detector default.
+DATA_IMG_SIZE: dict[str, int] = {"digits": 32, "cluttered-digits": 64, "cifar": 32, "imagefolder": 224,
+                                 "shapes": 160, "coco": 160, "yolo": 160}
+# Data sets of the user's own images: the size chosen is announced, since nothing about the files decides it.
+ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 
 
 class ConfigError(ValueError):
@@ -32,11 +45,11 @@ class TrainConfig:
     data: str | None = None  # default: digits (classify) or shapes (detect)
     data_dir: str | None = None
     data_args: dict[str, Any] = field(default_factory=dict)
-    img_size: int | None = None  # default: 32 (classify) or 160 (detect)
+    img_size: int | None = None  # default: by data set (DATA_IMG_SIZE), else by task
     augment: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None  # use only the first N samples of each split
     skip_bad_images: bool = False
-    epochs: int = 15
+    epochs: int | None = None  # default: by task (TASK_DEFAULTS)
     batch_size: int | None = None  # default: 64 (classify) or 16 (detect)
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -100,6 +113,36 @@ def check_keys(values: Mapping[str, Any], source: str) -> None:
                               f"Valid keys: {', '.join(FIELDS)}")
 
 
+CONFIG_DIR = Path(__file__).parent / "configs"  # the ready configs, shipped in the package (configs/ in a checkout)
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The ready configs by name, ``classify/digits_resnet18_cbam`` -> its file."""
+    if not CONFIG_DIR.is_dir():
+        return {}
+    return {p.relative_to(CONFIG_DIR).with_suffix("").as_posix(): p for p in sorted(CONFIG_DIR.glob("*/*.yaml"))}
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file: ``name`` if that file exists, else a packaged config by name (``digits_resnet18_cbam``,
+    with or without ``.yaml`` and its ``classify/``, ``detect/`` or ``sweeps/`` folder)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    configs = packaged_configs()
+    key = str(name).removesuffix(".yaml").removesuffix(".yml")
+    key = key.removeprefix("configs/")
+    if key in configs:
+        return configs[key]
+    matches = [p for k, p in configs.items() if k.split("/", 1)[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    short = sorted({k.split("/", 1)[1] for k in configs})
+    raise ConfigError(f"config file {str(name)!r} not found, and no packaged config has that name."
+                      f"{did_you_mean(key, short)} Packaged configs: "
+                      f"{', '.join(short) or 'none (the package has no configs folder)'}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -120,12 +163,18 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     config = TrainConfig(**{**dict(file_values), **dict(overrides)})
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
+    defaults = TASK_DEFAULTS[config.task]
     if config.data is None:
-        config.data = "digits" if config.task == "classify" else "shapes"
+        config.data = defaults["data"]
     if config.img_size is None:
-        config.img_size = 32 if config.task == "classify" else 160
+        config.img_size = DATA_IMG_SIZE.get(config.data, defaults["img_size"])
+        if config.data in ANNOUNCE_SIZE and os.environ.get("RANK", "0") == "0":
+            print(f"visattn: {config.data}: img_size {config.img_size} (this data set's default; "
+                  "--img-size to change)", file=sys.stderr)
     if config.batch_size is None:
-        config.batch_size = 64 if config.task == "classify" else 16
+        config.batch_size = defaults["batch_size"]
+    if config.epochs is None:
+        config.epochs = defaults["epochs"]
     for key in ("epochs", "batch_size", "img_size", "num_nodes"):
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

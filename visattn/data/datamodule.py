@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -63,6 +64,13 @@ class RawSamples:
     labels: np.ndarray  # (n,) int64
     boxes: np.ndarray | None  # (n, 4) float32 (x0, y0, x1, y1) in these images' pixels, or None
     class_names: list[str]
+
+
+def image_files(paths: Sequence[Path], labels: np.ndarray, *, img_size: int,
+                transform: Any = None) -> ImageFileDataset:
+    """Image files decoded as every split (and ``visattn predict``) decodes them: JPEGs DCT-downscaled while
+    decoding to no less than 2 x ``img_size`` (PIL draft), then ``transform``."""
+    return ImageFileDataset(paths, labels, transform, draft_size=2 * img_size)
 
 
 EVAL_BATCH_FACTOR = 2  # validation/test batch = 2 x the training batch
@@ -186,7 +194,7 @@ class ClassificationDataModule(L.LightningDataModule):
             if isinstance(ds, ArrayDataset) and resized_bytes <= PRE_RESIZE_BUDGET:
                 ds = ds.subset(self.limit).resized(size)  # once, so per-sample work stays minimal
             elif isinstance(ds, ImageFileDataset):
-                ds = ImageFileDataset(ds.paths, ds.labels, draft_size=2 * size).subset(self.limit)
+                ds = image_files(ds.paths, ds.labels, img_size=size).subset(self.limit)
             else:
                 ds = ds.subset(self.limit)
             self._datasets[split] = ds.with_transform(train_tf if split == "train" else eval_tf)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +73,19 @@ def resolve_augment(augment: AugmentConfig | Mapping[str, Any] | None) -> Augmen
     return AugmentConfig.from_dict(augment)
 
 
-def build_eval_transform(*, img_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> A.Compose:
-    """Resize to ``img_size`` square, normalise, HWC uint8 -> CHW float32 tensor."""
+def eval_resize(img_size: int) -> A.Resize:
+    """The resize of every eval input (validation, test, evaluate, predict, visualize): OpenCV bilinear."""
+    return A.Resize(img_size, img_size)
+
+
+def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+    """Resize to ``img_size`` square, normalise, HWC uint8 -> CHW float32 tensor.
+
+    The one eval preprocessing: validation and test build it from the run's config, ``visattn predict`` and
+    ``evaluate`` from ``model.json`` (img_size, mean, std), so a prediction sees the input validation saw.
+    """
     return A.Compose(
-        [A.Resize(img_size, img_size), A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+        [eval_resize(img_size), A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     )
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from visattn.cli import key_values, parse_value
-from visattn.config import ConfigError, read_yaml
+from visattn.config import ConfigError, read_yaml, resolve_config
 
 EPILOG = """\
 examples:
-  tools/sweep.py --backbone resnet18 --attn none,se,eca,cbam,stn,mhsa --data cluttered-digits --seeds 3 --epochs 10
-  tools/sweep.py --config configs/sweeps/cluttered_resnet18_blocks.yaml --workers 2
-  tools/sweep.py --config configs/sweeps/cluttered_resnet18_blocks.yaml --executor ray --ray-address auto
+  {prog} --backbone resnet18 --attn none,se,eca,cbam,stn,mhsa --data cluttered-digits --seeds 3 --epochs 10
+  {prog} --config cluttered_resnet18_blocks --workers 2              # a packaged sweep config
+  {prog} --config cluttered_resnet18_blocks --executor ray --ray-address auto
 
-Each grid point is one ordinary training run (visattn.train.train, as tools/train.py) in its own process and run
+Each grid point is one ordinary training run (visattn.train.train, as visattn train) in its own process and run
 directory <out>/<name>/runs/<run_id>/. Run the same command again after a crash or kill: finished runs are kept,
 unfinished ones resume from their last checkpoint. With --executor ray on several machines, <out> must be on a
 filesystem every node sees at the same path, with the same Python environment there. Locally, --workers N
@@ -50,13 +50,17 @@ def grid_values(items: Sequence[str] | None) -> dict[str, list[Any]]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tools/sweep.py", epilog=EPILOG,
+def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
+    from visattn.commands import version_text
+
+    parser = argparse.ArgumentParser(prog=prog, epilog=EPILOG.format(prog=prog),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Ablation sweep: backbones x attention blocks (x places x "
                                                  "hyperparameters) x seeds, with tables, statistics and plots.")
     add = parser.add_argument
-    add("--config", help="sweep YAML (keys: name, backbone, attn, at, seeds, metric, reference, train, grid)")
+    add("--version", action="version", version=version_text())
+    add("--config", help="sweep YAML (keys: name, backbone, attn, at, seeds, metric, reference, train, grid), or a "
+                         "packaged sweep's name (e.g. cluttered_resnet18_blocks)")
     add("--backbone", help="backbone name(s), comma-separated")
     add("--attn", help="attention blocks, comma-separated; 'none' is the baseline (specs with 'at': use --config)")
     add("--at", action="append", metavar="GLOBS",
@@ -114,12 +118,12 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def sweep_main(argv: Sequence[str] | None = None) -> int:
+def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
     from visattn.sweep.grid import expand, make_spec
     from visattn.sweep.run import report_sweep, run_sweep
 
-    args = build_parser().parse_args(argv)
-    file_values = read_yaml(args.config) if args.config else {}
+    args = build_parser(prog).parse_args(argv)
+    file_values = read_yaml(resolve_config(args.config)) if args.config else {}
     spec = make_spec(file_values, spec_overrides(args), source=args.config or "sweep config")
     if args.name is None and spec.name is None and args.config:
         spec.name = Path(args.config).stem

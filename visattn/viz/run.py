@@ -49,8 +49,12 @@ def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
 
 
 def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndarray, list[str]]:
-    """The first ``n`` images (sorted by path, searched recursively) as uint8 (n, size, size, 3), and their names."""
-    from PIL import Image
+    """The first ``n`` images (sorted by path, searched recursively) as uint8 (n, size, size, 3), and their names.
+
+    Decoded and resized as validation does (``image_files``, ``eval_resize``); the figures normalise them after.
+    """
+    from visattn.data.datamodule import image_files
+    from visattn.data.transforms import eval_resize
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -58,10 +62,8 @@ def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndar
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR)))
+    files, resize = image_files(paths, np.zeros(len(paths), np.int64), img_size=size), eval_resize(size)
+    images = [resize(image=files.raw(i))["image"] for i in range(len(files))]  # each (size, size, 3) uint8
     return np.stack(images), [str(p.relative_to(folder)) for p in paths]
 
 
