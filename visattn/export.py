@@ -158,19 +158,22 @@ def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
 
 def sample_images(spec: ModelSpec, config: dict[str, Any], count: int, img_size: int) -> torch.Tensor | None:
     """Up to ``count`` normalised test images of the run's own data, or None when the data cannot be read here."""
+    # skip_bad_images as in training: the files the run left out would otherwise stop the data from loading
     common = dict(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size, batch_size=count,
-                  num_workers=0, limit=count)
+                  num_workers=0, limit=count, skip_bad_images=bool(config.get("skip_bad_images", False)))
     try:
-        if spec.task == "detect":
-            from visattn.data.detect import DetectionDataModule
+        with warnings.catch_warnings():  # "skipped N undecodable images" was reported by the training run
+            warnings.simplefilter("ignore")
+            if spec.task == "detect":
+                from visattn.data.detect import DetectionDataModule
 
-            data = DetectionDataModule(**common, **(config.get("data_args") or {}))
-        else:
-            from visattn.data import ClassificationDataModule
+                data = DetectionDataModule(**common, **(config.get("data_args") or {}))
+            else:
+                from visattn.data import ClassificationDataModule
 
-            data = ClassificationDataModule(**common, dataset_options=config.get("data_args") or None)
-        data.setup("test")
-        images, _ = next(iter(data.test_dataloader()))
+                data = ClassificationDataModule(**common, dataset_options=config.get("data_args") or None)
+            data.setup("test")
+            images, _ = next(iter(data.test_dataloader()))
         return images
     except (ValueError, FileNotFoundError, StopIteration, TypeError) as err:
         warnings.warn(f"verification uses random input only: the run's data is not readable here ({err})",

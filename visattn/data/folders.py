@@ -211,7 +211,8 @@ def load_image_folder(
         examples = "; ".join(f"{p} ({why})" for p, why in bad[:3])
         raise DataError(
             f"imagefolder: {len(bad)} image file(s) cannot be decoded, e.g. {examples}. Remove or fix them, "
-            "or pass skip_bad_images=True to leave them out (they are then counted and reported)."
+            "or pass --skip-bad-images (config: skip_bad_images: true) to leave them out; they are then counted and "
+            "reported."
         )
     skipped = [p for p, _ in bad]
     index = {name: i for i, name in enumerate(class_names)}
