@@ -1,30 +1,41 @@
 # The README's two commands are `make run` and `make test`; both create .venv/ first if needed.
+# Versions: pyproject.toml declares ranges; constraints.txt holds the exact, tested set installed here.
 PY := .venv/bin/python
-STAMP := .venv/.installed
+PIP := $(PY) -m pip install --quiet -c constraints.txt
+STAMP := .venv/.installed-run
+DEV_STAMP := .venv/.installed
 
 .PHONY: setup run test lint bench clean
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
+.venv/bin/python:
+	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+
+# make run: visattn and what training needs, no development tools
+$(STAMP): pyproject.toml constraints.txt | .venv/bin/python
+	$(PIP) -e .
 	touch $(STAMP)
 
+# make test / lint: every extra (ONNX export, detection mAP, sweeps, figures) and pytest, ruff
+$(DEV_STAMP): pyproject.toml constraints.txt | .venv/bin/python
+	$(PIP) -e ".[dev]"
+	touch $(STAMP) $(DEV_STAMP)
+
 run: $(STAMP)
-	$(PY) tools/blocks.py
-	$(PY) tools/train.py --config configs/classify/digits_resnet18_cbam.yaml --overwrite
+	$(PY) -m visattn blocks
+	$(PY) -m visattn train --config digits_resnet18_cbam --overwrite
 
 # pytest exits 5 when it collected no tests: that is a failure too.
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	.venv/bin/ruff check visattn tools tests benchmarks
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) benchmarks/mhsa_sdpa.py
 
 clean:
