@@ -13,6 +13,7 @@ import yaml
 
 from visattn.config import (
     DATA_IMG_SIZE,
+    OPTIMIZER_DEFAULTS,
     TASK_DEFAULTS,
     ConfigError,
     TrainConfig,
@@ -100,6 +101,18 @@ def by_task(key: str) -> str:
     return ", ".join(f"{value} ({task})" for task, value in values.items())
 
 
+def optimizer_defaults(key: str) -> str:
+    """``adamw 0.002, sgd 0.05 (classify) / 0.01 (detect)``: one value per optimiser when its tasks agree."""
+    parts = []
+    for optimizer, tasks in OPTIMIZER_DEFAULTS.items():
+        values = {task: defaults[key] for task, defaults in tasks.items()}
+        if len(set(values.values())) == 1:
+            parts.append(f"{optimizer} {next(iter(values.values())):g}")
+        else:
+            parts.append(f"{optimizer} " + " / ".join(f"{v:g} ({task})" for task, v in values.items()))
+    return ", ".join(parts)
+
+
 def img_size_defaults() -> str:
     """``digits 32, cluttered-digits 64, ...``: data sets sharing a size are grouped."""
     groups: dict[int, list[str]] = {}
@@ -139,8 +152,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--img-size", type=int, help=f"square input side (default by data set: {img_size_defaults()})")
     add("--epochs", type=int, help=f"(default: {by_task('epochs')})")
     add("--batch-size", type=int, help=f"(default: {by_task('batch_size')})")
-    add("--lr", type=float, help=f"peak learning rate, after warm-up; cosine decay (default: {base.lr:g})")
-    add("--weight-decay", type=float, help=f"(default: {base.weight_decay:g})")
+    add("--lr", type=float, help="peak learning rate, after warm-up; cosine decay (default by optimiser: "
+                                 f"{optimizer_defaults('lr')})")
+    add("--weight-decay", type=float, help=f"(default by optimiser: {optimizer_defaults('weight_decay')})")
     add("--optimizer", choices=["adamw", "sgd"], help=f"(default: {base.optimizer})")
     add("--label-smoothing", type=float, help=f"classification (default: {base.label_smoothing:g})")
     add("--warmup-epochs", type=float, help=f"linear warm-up (default: {base.warmup_epochs:g})")

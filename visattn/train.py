@@ -21,6 +21,7 @@ from visattn.config import ConfigError, TrainConfig, attn_label, save_config
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, ThroughputMonitor
+from visattn.tasks.monitors import BlockStatsMonitor
 
 CHECKPOINTS = "checkpoints"
 
@@ -157,6 +158,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
                         enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         throughput,
+        BlockStatsMonitor(),  # e.g. an STN's theta statistics, and a warning line for a degenerate grid
     ]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor_metric(config), mode="max", patience=config.early_stopping))

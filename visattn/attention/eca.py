@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.precision import full_precision
 from visattn.registry import ATTENTION
 from visattn.viz.capture import record
 
@@ -40,10 +41,11 @@ class EfficientChannelAttention(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
-        return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+        with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, 1, C)
+            squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
+            return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
         record(self, "channel", weights.flatten(1))
-        return x * weights
+        return (x * weights).to(x.dtype)

@@ -42,9 +42,14 @@ def sinusoidal_2d(channels: int, height: int, width: int, *, device=None, dtype=
 class MultiHeadSelfAttention2d(nn.Module):
     """Returns ``x + proj(SDPA(q, k, v))`` over all positions; ``proj`` starts at zero, so the block starts as identity.
 
-    ``qkv`` and ``proj`` are laid out as ``nn.MultiheadAttention``'s ``in_proj`` and ``out_proj``. The
-    positional encoding is added to the tokens before the projections. ``heads=None`` picks up to 8
-    heads of at least 16 channels each.
+    ``qkv`` and ``proj`` are laid out as ``nn.MultiheadAttention``'s ``in_proj`` and ``out_proj``.
+    The positional encoding enters the attention scores only, as in DETR: ``q = W_q (x + p)``,
+    ``k = W_k (x + p)``, ``v = W_v x``. Added to the tokens before all three projections (as before),
+    it reached the values and so the residual stream: in a ResNet slot, whose input is exactly 0 at
+    initialisation (zero-initialised last BatchNorm), every image got the same positional pattern.
+    ``norm=True`` (default) applies a LayerNorm over channels to the tokens first (pre-norm, as in
+    ViT), so the scores do not depend on the scale of the slot's input: 2C more parameters than
+    ``nn.MultiheadAttention``. ``heads=None`` picks up to 8 heads of at least 16 channels each.
     """
 
     _capture: dict | None = None  # set by visattn.viz.capture while capturing
@@ -58,6 +63,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         learned_size: int = 16,
         qkv_bias: bool = True,
         dropout: float = 0.0,
+        norm: bool = True,
     ) -> None:
         super().__init__()
         if heads is None:
@@ -69,16 +75,22 @@ class MultiHeadSelfAttention2d(nn.Module):
         require(isinstance(learned_size, int) and learned_size >= 1, "mhsa", "learned_size", "an int >= 1",
                 learned_size)
         require(0.0 <= dropout < 1.0, "mhsa", "dropout", "in [0, 1)", dropout)
+        require(isinstance(norm, bool), "mhsa", "norm", "true or false", norm)
         self.heads = heads
         self.head_dim = channels // heads
         self.pos_encoding = pos_encoding
         self.dropout = dropout
+        self.norm = nn.LayerNorm(channels) if norm else nn.Identity()
         self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         if pos_encoding == "learned":
             self.pos_embed = nn.Parameter(torch.randn(1, channels, learned_size, learned_size) * 0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned position table is not decayed (read by ``visattn.tasks.common.make_optimizer``)."""
+        return {"pos_embed"} if self.pos_encoding == "learned" else set()
 
     def position(self, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor | None:
         if self.pos_encoding == "sinusoidal":
@@ -87,24 +99,33 @@ class MultiHeadSelfAttention2d(nn.Module):
             return F.interpolate(self.pos_embed, size=(height, width), mode="bilinear", align_corners=False)
         return None
 
-    def attend(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Self-attention over (B, N, C) tokens, without the residual."""
+    def attend(self, tokens: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over (B, N, C) tokens, without the residual; ``pos`` (1, N, C) enters q and k only."""
         batch, length, channels = tokens.shape
-        qkv = self.qkv(tokens).view(batch, length, 3, self.heads, self.head_dim)
+        tokens = self.norm(tokens)
+        if pos is None:
+            qkv = self.qkv(tokens)  # (B, N, 3C)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            qk = F.linear(tokens + pos.to(tokens.dtype), weight[:2 * channels],
+                          None if bias is None else bias[:2 * channels])  # (B, N, 2C)
+            v = F.linear(tokens, weight[2 * channels:], None if bias is None else bias[2 * channels:])  # (B, N, C)
+            qkv = torch.cat([qk, v], dim=-1)  # (B, N, 3C)
+        qkv = qkv.view(batch, length, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         dropout = self.dropout if self.training else 0.0
         if self._capture is not None:
             record(self, "attn", attention_probs(q, k))  # (B, heads, N, N)
+        # SDPA stays under autocast: its fused CPU/CUDA kernels take the softmax in float32 for bf16 inputs
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).reshape(batch, length, channels)  # (B, N, C)
         return self.proj(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        feats = x
-        pos = self.position(channels, height, width, x)
+        pos = self.position(channels, height, width, x)  # (1, C, H, W) or None
         if pos is not None:
-            feats = feats + pos.to(x.dtype)
-        tokens = feats.flatten(2).transpose(1, 2)  # (B, N, C)
-        out = self.attend(tokens)  # (B, N, C)
-        return x + out.transpose(1, 2).reshape(batch, channels, height, width)
+            pos = pos.flatten(2).transpose(1, 2)  # (1, N, C)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        out = self.attend(tokens, pos)  # (B, N, C)
+        return x + out.transpose(1, 2).reshape(batch, channels, height, width).to(x.dtype)

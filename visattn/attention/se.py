@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from visattn.layers import make_divisible, require
+from visattn.layers.precision import full_precision
 from visattn.registry import ATTENTION
 from visattn.viz.capture import record
 
@@ -30,10 +31,11 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        return torch.sigmoid(self.fc2(self.act(self.fc1(squeezed))))  # (B, C, 1, 1)
+        with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, C, 1, 1)
+            squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+            return torch.sigmoid(self.fc2(self.act(self.fc1(squeezed))))  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
         record(self, "channel", weights.flatten(1))
-        return x * weights
+        return (x * weights).to(x.dtype)

@@ -332,6 +332,10 @@ class SwinTransformer(Backbone):
                 f"multiples of the patch size {self.patch_size}"
             )
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimiser must not decay (timm's convention, read by ``make_optimizer``)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

@@ -138,6 +138,10 @@ class VisionTransformer(Backbone):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimiser must not decay (timm's convention, read by ``make_optimizer``)."""
+        return {"pos_embed", "cls_token"}
+
     def reset_classifier(self, num_classes: int) -> None:
         require(num_classes >= 0, self.variant, "num_classes", ">= 0", num_classes)
         self.num_classes = num_classes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import random
@@ -16,18 +17,55 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 
+def declared(model: nn.Module, method: str) -> dict[str, Any]:
+    """What sub-modules declare about their parameters, as ``{full parameter name: value}``.
+
+    ``method`` is ``"no_weight_decay"`` (timm's convention: a set of names, relative to the module that
+    declares them; fnmatch globs allowed) or ``"lr_scales"`` (a ``{name glob: factor}`` mapping). The
+    model itself and every sub-module (a backbone, a block in a slot) may declare; where two modules
+    cover one parameter, the innermost one wins.
+    """
+    names = [name for name, _ in model.named_parameters()]
+    found: dict[str, Any] = {}
+    for path, module in model.named_modules():  # parents come before their children
+        declare = getattr(module, method, None)
+        if not callable(declare):
+            continue
+        items = declare()
+        pairs = items.items() if isinstance(items, dict) else ((pattern, True) for pattern in items)
+        prefix = f"{path}." if path else ""
+        for pattern, value in pairs:
+            for name in fnmatch.filter(names, prefix + pattern):
+                found[name] = value
+    return found
+
+
 def make_optimizer(
     model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases, norms and 1-d parameters (timm's convention)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD (Nesterov momentum), with parameter groups the model's modules declare.
+
+    No weight decay on biases, norms and other 1-d parameters, nor on what any module lists in
+    ``no_weight_decay()`` (timm's convention: position tables, class tokens). A module's ``lr_scales()``
+    (``{name glob: factor}``) multiplies the learning rate of the parameters it names, e.g. an STN's
+    localisation net. Each group keeps its ``lr_scale`` and ``param_names``; the schedule scales every
+    group's own learning rate.
+    """
+    no_decay = declared(model, "no_weight_decay")
+    scales = declared(model, "lr_scales")
+    groups: dict[tuple[bool, float], list[tuple[str, nn.Parameter]]] = {}
+    for pname, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decays = param.ndim > 1 and pname not in no_decay
+        groups.setdefault((decays, float(scales.get(pname, 1.0))), []).append((pname, param))
+    param_groups = [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale, "lr_scale": scale}
+        for (decays, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=lr)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
