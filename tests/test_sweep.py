@@ -99,7 +99,8 @@ def test_welch_and_verdicts():
                      + results("resnet18/cbam", [0.7]), {})
     verdicts = {r.config: r.verdict for r in rows}
     assert verdicts["resnet18/none"] == "baseline"
-    assert verdicts["resnet18/se"].startswith("differs") and verdicts["resnet18/eca"].startswith("within noise")
+    assert verdicts["resnet18/se"].startswith("better (Holm p=")
+    assert verdicts["resnet18/eca"].startswith("inconclusive") and "detectable" in verdicts["resnet18/eca"]
     assert verdicts["resnet18/cbam"].startswith("n/a")
 
 
@@ -173,7 +174,13 @@ def test_killed_sweep_resumes_and_writes_tables(killed_and_resumed):
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 2 and all(r["attn"] == "mhsa@input" and "heads" in r["error"] for r in failed)
     summary = (sweep_dir / "summary.md").read_text()
-    assert "Welch" in summary and "resnet18/se" in summary and "failed" in summary
+    assert "Holm–Bonferroni" in summary and "resnet18/se" in summary and "failed" in summary
+    assert all(int(r["test_size"]) > 0 and r["ci95_low"] for r in ok)
+    # two epochs on 64 images: runs left at chance are flagged as collapsed (and listed), the others are not
+    for row in ok:
+        at_chance = float(row["metric"]) <= 0.19
+        assert (row["collapsed"] == "True") == bool(row["collapse_reason"])
+        assert not at_chance or ("at chance" in row["collapse_reason"] and f"`{row['run_id']}`" in summary)
     for name in ("metric_vs_macs.png", "metric_per_block.png", "curves.png"):
         data = (sweep_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
