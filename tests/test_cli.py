@@ -53,7 +53,7 @@ def test_set_dotted_keys_merge_into_mappings(tmp_path):
     [
         (["--set", "epoch=3"], "Did you mean 'epochs'"),
         (["--set", "data_arg.num_train=3"], "Did you mean 'data_args'"),
-        (["--set", "lr.value=3"], "'lr' is not a mapping"),
+        (["--set", "lr.value=3"], "'lr' (is not a mapping|must be a number)"),  # lr defaults to None
         (["--epochs", "0"], "epochs must be a positive integer"),
         (["--attn", "se,eca"], "one block per run"),
         (["--set", "lr"], "KEY=VALUE"),

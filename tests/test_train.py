@@ -93,8 +93,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert resumed["test"]["acc"] == reference["test"]["acc"]
     assert resumed["test"]["loss"] == pytest.approx(reference["test"]["loss"], rel=1e-5)
     assert len(epoch_losses(run_dir)) >= 3  # the rows logged before the kill are kept
-    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    again = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    again = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
     for key, value in straight.items():
         torch.testing.assert_close(again[key], value, rtol=1e-5, atol=1e-6)
 

@@ -7,6 +7,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,6 +15,7 @@ import yaml
 from visattn.config import (
     DATA_IMG_SIZE,
     OPTIMIZER_DEFAULTS,
+    SAFE_ON_RESUME,
     TASK_DEFAULTS,
     ConfigError,
     TrainConfig,
@@ -24,7 +26,8 @@ from visattn.config import (
 )
 
 # Errors a user can cause with a flag, a config or a file; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, FileNotFoundError)
+# OSError: an unwritable --out, a full disk, a missing file.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, OSError)
 
 
 def error_text(err: BaseException) -> str:
@@ -164,8 +167,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--pretrained", metavar="PATH", help="local weights file (.pth, .safetensors, .ckpt); nothing is downloaded")
     add("--out", help=f"parent folder of run directories (default: {base.out})")
     add("--name", help="run directory name (default: <data>-<backbone>-<attn>-s<seed>)")
-    add("--resume", action="store_true", default=None, help="continue the run from its last.ckpt")
-    add("--overwrite", action="store_true", default=None, help="replace an existing run directory")
+    add("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+        help="continue a run from its last.ckpt with its own config.yaml: RUN_DIR, or the run named by --out/--name "
+             f"(or the defaults); flags given with it may change only {', '.join(SAFE_ON_RESUME)}")
+    add("--overwrite", action="store_true", default=None,
+        help="replace an existing run directory (only one that visattn made)")
     add("--limit", type=int, help="use only the first N samples of each split (quick checks)")
     add("--skip-bad-images", action="store_true", default=None, help="skip undecodable images and count them")
     add("--num-workers", type=int, help="data loader workers (default: one per spare core, at most 2)")
@@ -196,7 +202,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["attn"] = {"block": block, "at": [g.strip() for g in args.attn_at.split(",")]}
     if args.trainer:
         overrides["trainer"] = {**file_values.get("trainer", {}), **key_values(args.trainer, "--trainer")}
+    if overrides.get("resume"):
+        return resume_config(file_values, overrides, source=args.config or "config")
     return make_config(file_values, overrides, source=args.config or "config")
+
+
+def resume_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> TrainConfig:
+    """``--resume [RUN_DIR]``: the run's own config.yaml; values given with it (flags, --config) replace what they
+    name, and ``visattn.train.prepare`` refuses any change outside the keys a resume may change."""
+    from visattn.train import saved_config
+
+    overrides = dict(overrides)
+    target = overrides.pop("resume")
+    given = {**file_values, **overrides}
+    if isinstance(target, str):
+        run_dir = Path(target)
+        if not run_dir.name:  # "runs/x/" or "."
+            run_dir = run_dir.resolve()
+        if "out" in given or "name" in given:
+            named = Path(given.get("out", run_dir.parent)) / str(given.get("name", run_dir.name))
+            if named.resolve() != run_dir.resolve():
+                raise ConfigError(f"--resume {target} and --out/--name ({named}) name different runs; give one")
+    else:
+        fresh = make_config(file_values, {**overrides, "resume": True}, source=source)
+        run_dir = Path(fresh.out) / fresh.run_name()
+    location = {"out": str(run_dir.parent), "name": run_dir.name, "resume": True}
+    if not (run_dir / "config.yaml").is_file():  # prepare() says why there is nothing to resume
+        return make_config(file_values, {**overrides, **location}, source=source)
+    values = {k: v for k, v in saved_config(run_dir).to_dict().items() if k not in ("overwrite",)}
+    return make_config({}, {**values, **given, **location}, source=source)
 
 
 TRAIN_EXAMPLES = """\

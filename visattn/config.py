@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
@@ -35,6 +37,12 @@ DATA_IMG_SIZE: dict[str, int] = {"digits": 32, "cluttered-digits": 64, "cifar": 
                                  "shapes": 160, "coco": 160, "yolo": 160}
 # Data sets of the user's own images: the size chosen is announced, since nothing about the files decides it.
 ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
+
+# What a resume may change: how and how long it trains, never what it trains. Everything else (architecture, data,
+# task, seed, optimiser, precision, trainer arguments) is the run's identity and must match its config.yaml.
+SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
+                  "visualize_every")
+LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how it was reached, not what it is
 
 
 class ConfigError(ValueError):
@@ -157,7 +165,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                          "save it as UTF-8") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
@@ -165,11 +176,64 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint) or hint
+    return {dict: "a mapping", list: "a list", float: "a number", int: "an integer", bool: "true/false",
+            str: "a string"}.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint) or hint
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    return isinstance(value, origin)
+
+
+def check_types(config: TrainConfig) -> None:
+    """Every value against its dataclass field type, so ``lr: fast`` or ``trainer: 5`` names the key, not a
+    TypeError deep inside. YAML reads ``1e-3`` (no dot) as a string: numeric strings are accepted for numbers."""
+    hints = typing.get_type_hints(TrainConfig)
+    for item in dataclasses.fields(TrainConfig):
+        hint, value = hints[item.name], getattr(config, item.name)
+        if item.name == "precision" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # YAML ``precision: 32``
+            setattr(config, item.name, value)
+        if isinstance(value, str) and not _fits(value, hint) and _fits(1.0, hint):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+            else:
+                setattr(config, item.name, value)
+        if not _fits(value, hint):
+            raise ConfigError(f"config key {item.name!r} must be {_type_name(hint)}, got {value!r} "
+                              f"({type(value).__name__})")
+
+
 def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
     """Merge file values and overrides (overrides win), validate and fill task defaults."""
     check_keys(file_values, source)
     check_keys(overrides, "command-line overrides")
     config = TrainConfig(**{**dict(file_values), **dict(overrides)})
+    check_types(config)
+    if config.name is not None:
+        from visattn.rundir import check_name
+
+        check_name(config.name)
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
     defaults = TASK_DEFAULTS[config.task]
@@ -214,4 +278,8 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Written to a temporary file, then renamed: a kill never leaves half a config.yaml."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,25 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from visattn.config import ConfigError, TrainConfig, attn_label, save_config
+from visattn.config import (
+    FIELDS,
+    LOCATION_KEYS,
+    SAFE_ON_RESUME,
+    ConfigError,
+    TrainConfig,
+    attn_label,
+    make_config,
+    read_yaml,
+    save_config,
+)
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
-from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, ThroughputMonitor
+from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
+from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, NonFiniteLossError, ThroughputMonitor
 from visattn.tasks.monitors import BlockStatsMonitor
 
 CHECKPOINTS = "checkpoints"
+ERROR_FILE = "error.json"  # why the last attempt of a run failed; removed when an attempt starts or succeeds
 
 
 def is_launched_child() -> bool:
@@ -31,9 +46,21 @@ def is_launched_child() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def json_safe(value: Any) -> Any:
+    """Plain JSON values; NaN and infinities become ``null`` (``NaN`` is not JSON), tensors and numpy scalars floats."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    number = float(value)  # float, numpy scalar, 0-d tensor; anything else is a bug and raises
+    return number if math.isfinite(number) else None
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -46,27 +73,130 @@ class PreparedRun:
     trainer: L.Trainer
     throughput: ThroughputMonitor
     resume_from: Path | None
+    lock: DirLock | None = None  # held from set-up to the end of fit (None in DDP child processes)
 
 
-def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
-    run_dir = Path(config.out) / config.run_name()
-    last = run_dir / CHECKPOINTS / "last.ckpt"
-    if is_launched_child():
-        return run_dir, (last if config.resume and last.is_file() else None)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if config.overwrite:
-            shutil.rmtree(run_dir)
-        elif not config.resume:
-            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
-                              "--overwrite to replace it, or --name to choose another")
+@dataclass
+class RunClaim:
+    """What this call took or made in the run directory, so a failed set-up undoes exactly that."""
+
+    run_dir: Path
+    lock: DirLock
+    created_out: list[Path]
+    created_run: bool  # this call made the run directory
+    adopted_empty: bool  # it existed but was empty: clean what we put in, keep the folder
+    existing_run: bool  # it held a run (to be replaced with --overwrite, or resumed)
+
+    def undo(self) -> None:
+        if self.created_run:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        elif self.adopted_empty:
+            clear_dir(self.run_dir, keep=())
+        self.lock.release()
+        remove_created(self.created_out)
+
+
+def run_dir_of(config: TrainConfig) -> Path:
+    return Path(config.out) / check_name(config.run_name())
+
+
+def claim_run_dir(config: TrainConfig, run_dir: Path) -> RunClaim:
+    """Create the run directory exclusively, or take an existing one that visattn made; lock it either way.
+
+    Nothing is written into a folder visattn did not make, and nothing is deleted here (``--overwrite`` clears the
+    old run only once the new one has been set up).
+    """
     if config.resume and config.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = last if config.resume and last.is_file() else None
-    if config.resume and resume_from is None:
-        print(f"visattn: no {last} to resume from; starting {run_dir} from scratch", file=sys.stderr)
-    save_config(config, run_dir / "config.yaml")
-    return run_dir, resume_from
+    if config.resume and not run_dir.is_dir():
+        raise ConfigError(f"nothing to resume: run directory {run_dir} does not exist")
+    created_out = check_out_dir(config.out)
+    lock = DirLock(run_dir)
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        pass
+    except OSError as err:
+        remove_created(created_out)
+        raise ConfigError(f"cannot create run directory {run_dir}: {err}") from err
+    else:
+        try:
+            lock.acquire()  # a process that raced us to the new folder may hold it: then the folder is theirs
+        except ConfigError:
+            remove_created(created_out)
+            raise
+        write_marker(run_dir)
+        return RunClaim(run_dir, lock, created_out, created_run=True, adopted_empty=False, existing_run=False)
+    try:
+        if not run_dir.is_dir():
+            raise ConfigError(f"run directory {run_dir} exists and is not a folder; choose another --name")
+        ours = is_run_dir(run_dir) or (run_dir / LOCK).is_file()
+        if ours:
+            lock.acquire()  # a live run in it is refused here, with its pid and host
+        content = [p for p in run_dir.iterdir() if p.name != LOCK]
+        if config.resume:
+            if not (run_dir / "config.yaml").is_file():
+                what = "was stopped before its set-up finished" if ours else "is not a visattn run (no config.yaml)"
+                raise ConfigError(f"cannot resume {run_dir}: it {what}; there is nothing to resume")
+        elif content and not config.overwrite:
+            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
+                              "--overwrite to replace it, or --name to choose another")
+        elif content and not ours:
+            raise ConfigError(f"--overwrite refused: {run_dir} was not made by visattn (it has no config.yaml and "
+                              "no .visattn-run marker), so it is not deleted; choose another --name or --out")
+        if not lock.held:
+            lock.acquire()  # an empty folder: adopted
+            write_marker(run_dir)
+    except BaseException:
+        lock.release()
+        remove_created(created_out)
+        raise
+    return RunClaim(run_dir, lock, created_out, created_run=False, adopted_empty=not content,
+                    existing_run=bool(content))
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The run's own config.yaml, resolved (keys of older versions that no longer exist are dropped)."""
+    path = run_dir / "config.yaml"
+    values = {k: v for k, v in read_yaml(path).items() if k in FIELDS}
+    try:
+        return make_config({}, values, source=str(path))
+    except ConfigError as err:
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is not valid: {err}") from err
+
+
+def resume_changes(saved: TrainConfig, config: TrainConfig, *, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """The keys ``config`` changes relative to the run's saved config; refuses any outside SAFE_ON_RESUME."""
+    old, new = saved.to_dict(), config.to_dict()
+    changes = {k: (old.get(k), v) for k, v in new.items() if k not in LOCATION_KEYS and old.get(k) != v}
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME}
+    if unsafe:
+        listed = "; ".join(f"{k}: {a!r} in the run, {b!r} given" for k, (a, b) in unsafe.items())
+        raise ConfigError(f"--resume {run_dir} cannot change {', '.join(unsafe)} ({listed}): they define the run's "
+                          "model, data, task or optimisation, and its checkpoint belongs to them. Drop them to "
+                          "continue the run as it was, or start a new run with another --name. A resume may change "
+                          f"only: {', '.join(SAFE_ON_RESUME)}")
+    return changes
+
+
+def load_resume_checkpoint(path: Path, module: L.LightningModule) -> None:
+    """Load ``last.ckpt`` (``weights_only=True``) into the rebuilt module: a truncated, corrupt, unsafe or
+    mismatched file fails here, before anything in the run directory changes."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"cannot resume from {path}: the file is truncated, corrupt, or holds more than tensors "
+                         f"and plain values (it is loaded with weights_only=True) ({type(err).__name__}: "
+                         f"{detail})") from err
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ValueError(f"cannot resume from {path}: it is not a Lightning checkpoint (no state_dict)")
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:400]
+        raise ValueError(f"cannot resume from {path}: it does not fit the model of the run's config.yaml "
+                         f"({detail})") from err
 
 
 def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
@@ -87,6 +217,7 @@ def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
 
 
 def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
+    """The task module around a freshly built model (``pretrained`` loaded if set)."""
     from visattn.build import build_model
 
     common = dict(lr=config.lr, weight_decay=config.weight_decay, optimizer=config.optimizer,
@@ -145,8 +276,7 @@ def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
 
 
 def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
-    if resuming and not is_launched_child():
-        keep_previous_logs(run_dir)
+    """The Trainer with checkpoints, logs and callbacks in ``run_dir``; writes nothing there yet."""
     # precision "auto" is resolved here, for this machine; metrics.json records the choice and the reason
     precision, precision_reason = resolve_precision(config.precision, accelerator=config.accelerator)
     throughput = ThroughputMonitor(precision_reason=precision_reason)
@@ -195,44 +325,99 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
 
 
 def prepare(config: TrainConfig) -> PreparedRun:
-    """Everything before the first step; every user error surfaces here, before any training."""
-    run_dir, resume_from = prepare_run_dir(config)
-    try:
+    """Everything before the first step; every user error surfaces here, before any training.
+
+    All or nothing: the run directory changes (``--overwrite`` clearing, log rotation, config.yaml) only after the
+    data, the model, the trainer and, for a resume, the checkpoint have all been set up; a failure removes only
+    what this call created. The directory stays locked until ``fit`` ends.
+    """
+    run_dir = run_dir_of(config)
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    # a resumed model takes every weight from last.ckpt: the pretrained file need not exist any more
+    build_config = dataclasses.replace(config, pretrained=None) if config.resume else config
+    if is_launched_child():  # DDP processes started by rank 0, which owns the directory
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config)
-        module = build_module(config, datamodule)
+        module = build_module(build_config, datamodule)
+        resume_from = last if config.resume and last.is_file() else None
         trainer, throughput = build_trainer(config, run_dir, resuming=resume_from is not None)
-    except Exception:
-        if resume_from is None and not is_launched_child() and not (run_dir / CHECKPOINTS).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # leave nothing half-made behind
-        raise
-    report = getattr(getattr(module, "model", None), "pretrained_report", None)
-    if report is not None:  # a re-initialised classifier must be seen, not only logged
-        print(f"visattn: pretrained: {report.summary()}", file=sys.stderr)
-    return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
-
-
-def test_split_size(trainer: L.Trainer) -> int | None:
-    """Number of images in the split ``trainer.test`` just evaluated (None when the loader has no sized data set)."""
-    loaders = trainer.test_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
+    claim = claim_run_dir(config, run_dir)
     try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        return None
+        changes: dict[str, tuple[Any, Any]] = {}
+        if config.resume:
+            changes = resume_changes(saved_config(run_dir), config, run_dir=run_dir)
+            if not last.is_file():
+                raise ConfigError(f"cannot resume {run_dir}: {last} does not exist (the run stopped before its "
+                                  "first checkpoint); start it again with --overwrite")
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        datamodule = build_datamodule(config)
+        module = build_module(build_config, datamodule)
+        if config.resume:
+            load_resume_checkpoint(last, module)
+        trainer, throughput = build_trainer(config, run_dir, resuming=config.resume)
+        # set-up succeeded: only from here on does the directory change
+        if config.overwrite and claim.existing_run:
+            clear_dir(run_dir)
+            write_marker(run_dir)
+        if config.resume:
+            keep_previous_logs(run_dir)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    except BaseException:
+        claim.undo()
+        raise
+    for key, (old, new) in changes.items():
+        print(f"visattn: resuming {run_dir} with {key} {old!r} -> {new!r}", file=sys.stderr)
+    return PreparedRun(config, run_dir, datamodule, module, trainer, throughput,
+                       last if config.resume else None, claim.lock)
+
+
+def write_error(run_dir: Path, err: BaseException) -> None:
+    """``error.json``: why this attempt failed, for the user and the sweep; the run stays for inspection/resume."""
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    try:
+        write_json_atomic(run_dir / ERROR_FILE, {
+            "status": "failed",
+            "error_type": type(err).__name__,
+            "error": " ".join(str(err).split()),
+            "non_finite_loss": isinstance(err, NonFiniteLossError),
+            "last_checkpoint": str(last) if last.is_file() else None,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+    except OSError:  # the original error matters more than this note
+        pass
 
 
 def fit(prepared: PreparedRun) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json; returns its content."""
+    try:
+        return _fit(prepared)
+    except NonFiniteLossError as err:
+        if prepared.lock is not None:
+            write_error(prepared.run_dir, err)
+        raise NonFiniteLossError(f"{err} The run is kept in {prepared.run_dir} for inspection (error.json, logs/); "
+                                 "lower --lr or add warm-up, then start a new run or --overwrite this one") from err
+    except BaseException as err:
+        if prepared.lock is not None:
+            write_error(prepared.run_dir, err)
+        raise
+    finally:
+        if prepared.lock is not None:
+            prepared.lock.release()
+
+
+def _fit(prepared: PreparedRun) -> dict[str, Any]:
     config, trainer, module = prepared.config, prepared.trainer, prepared.module
     torch_threads = torch.get_num_threads()
     start = time.perf_counter()
+    # weights_only=True explicitly: the environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) cannot turn on code loading
     trainer.fit(module, datamodule=prepared.datamodule,
-                ckpt_path=str(prepared.resume_from) if prepared.resume_from else None)
+                ckpt_path=str(prepared.resume_from) if prepared.resume_from else None, weights_only=True)
     train_time = time.perf_counter() - start
     best = prepared.run_dir / CHECKPOINTS / "best.ckpt"
     test_results = trainer.test(module, datamodule=prepared.datamodule,
-                                ckpt_path=str(best) if best.is_file() else None, verbose=False)
+                                ckpt_path=str(best) if best.is_file() else None, verbose=False, weights_only=True)
     test = {k.split("/", 1)[1]: float(v) for k, v in (test_results[0] if test_results else {}).items()}
     ruler = prepared.throughput.summary()
     metrics = {
@@ -271,6 +456,7 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
         "device": str(module.device),
     }
     if trainer.is_global_zero:
+        (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)
         write_json_atomic(prepared.run_dir / "metrics.json", metrics)
     return metrics
 

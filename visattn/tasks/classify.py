@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from visattn.tasks.common import configure_optimizers, rng_state, set_rng_state
+from visattn.tasks.common import check_finite_loss, configure_optimizers, rng_state, set_rng_state
 
 
 class ClassificationModule(L.LightningModule):
@@ -75,7 +75,9 @@ class ClassificationModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_metrics, "train")
+        loss = self._step(batch, self.train_metrics, "train")
+        check_finite_loss(self, loss, {"cross_entropy": loss}, batch_idx)
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, self.val_metrics, "val")

@@ -90,6 +90,22 @@ def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class NonFiniteLossError(ValueError):
+    """A training loss became NaN or infinite: training stops at once instead of running on to a useless model."""
+
+
+def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dict[str, torch.Tensor],
+                      batch_idx: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step and the loss terms when ``total`` is not finite."""
+    if bool(torch.isfinite(total.detach()).all()):
+        return
+    shown = ", ".join(f"{name}={float(value.detach().float().mean()):.4g}" for name, value in terms.items())
+    raise NonFiniteLossError(
+        f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
+        f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
+    )
+
+
 def rng_state() -> dict[str, Any]:
     """Global RNG states as plain types and tensors, so checkpoints stay loadable with ``weights_only=True``."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

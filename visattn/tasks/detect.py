@@ -22,7 +22,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from visattn.detect import Detector, postprocess
 from visattn.layers import require
 from visattn.losses.detect import DetectionLoss
-from visattn.tasks.common import configure_optimizers, rng_state, set_rng_state
+from visattn.tasks.common import check_finite_loss, configure_optimizers, rng_state, set_rng_state
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 MAP_KEYS = {"map": "map", "map50": "map_50", "map75": "map_75", "map_small": "map_small",
@@ -134,6 +134,7 @@ class DetectionModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.criterion(self.model.forward_raw(images), targets)
+        check_finite_loss(self, losses["total"], losses, batch_idx)
         self._log_losses(losses, "train", len(images))
         return losses["total"]
 
