@@ -23,6 +23,11 @@ directory <out>/<name>/runs/<run_id>/. Run the same command again after a crash 
 unfinished ones resume from their last checkpoint. With --executor ray on several machines, <out> must be on a
 filesystem every node sees at the same path, with the same Python environment there. Locally, --workers N
 runs share whatever GPUs are visible; to give each run its own GPU use Ray with --gpus-per-run 1.
+
+The whole grid (backbones, blocks, slot globs, data sets, config keys) is checked before the first run. --name is
+one folder name inside --out; --overwrite empties only a directory a sweep made (it holds a .visattn-sweep file)
+and no sweep is running in. Exit status: 0 when every grid point finished, 1 when any failed (listed at the end,
+reasons in results.csv), 2 for a usage error (nothing run or removed), 130 when interrupted.
 """
 
 # flag -> TrainConfig key shared by every run
@@ -85,8 +90,10 @@ def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
     add("--set", action="append", metavar="KEY=VALUE", help="any other TrainConfig key, shared by all runs")
     add("--grid", action="append", metavar="KEY=V1,V2", help="a TrainConfig key to vary (repeatable; crossed)")
     add("--out", default="runs/sweeps", help="parent folder of sweep directories (default: runs/sweeps)")
-    add("--name", help="sweep directory name (default: the config's name, else <data>-<backbones>)")
-    add("--overwrite", action="store_true", help="delete the sweep directory first")
+    add("--name", help="sweep directory name, one folder name inside --out (default: the config's name, else "
+                        "<data>-<backbones>)")
+    add("--overwrite", action="store_true", help="empty the sweep directory first (only one a sweep made, and "
+                                                 "only when no sweep is running in it)")
     add("--executor", choices=["local", "ray"], default="local")
     add("--workers", type=int, default=1, help="local: runs at a time, torch threads split between them")
     add("--ray-address", help="Ray cluster to use (e.g. auto or ray://head:10001); default: start a local Ray")
@@ -119,7 +126,8 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
-    from visattn.sweep.grid import expand, make_spec
+    from visattn.rundir import check_name
+    from visattn.sweep.grid import check_grid, expand, make_spec
     from visattn.sweep.run import report_sweep, run_sweep
 
     args = build_parser(prog).parse_args(argv)
@@ -127,14 +135,17 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
     spec = make_spec(file_values, spec_overrides(args), source=args.config or "sweep config")
     if args.name is None and spec.name is None and args.config:
         spec.name = Path(args.config).stem
+    if args.name is not None:
+        spec.name = check_name(args.name, what="sweep")
     if args.dry_run:
         plans = expand(spec)
+        check_grid(plans)
         for plan in plans:
             print(f"{plan.run_id:<50} {plan.config}")
         print(f"{len(plans)} runs into {args.out}/{spec.default_name()}; metric {spec.metric_name}")
         return 0
     if args.report_only:
-        result = report_sweep(Path(args.out) / spec.default_name(), metric=args.metric,
+        result = report_sweep(Path(args.out) / check_name(spec.default_name(), what="sweep"), metric=args.metric,
                               latency_threads=args.latency_threads)
     else:
         if args.executor == "ray" and args.workers != 1:
@@ -161,5 +172,11 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
             return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
-    failed = sum(r.status == "failed" for r in result.results)
-    return 1 if failed and failed == len(result.results) else 0
+    failed = [r for r in result.results if r.status == "failed"]
+    if failed:
+        reasons = "; ".join(f"{r.plan.run_id}: {r.error[:200]}" for r in failed[:10])
+        more = f"; ... and {len(failed) - 10} more (results.csv)" if len(failed) > 10 else ""
+        print(f"visattn: {len(failed)} of {len(result.results)} grid point(s) failed: {reasons}{more}. Logs: "
+              f"{result.sweep_dir / 'logs'}; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0

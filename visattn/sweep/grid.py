@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
+import functools
+import io
 import itertools
 import json
 import re
@@ -13,6 +17,7 @@ from typing import Any
 
 from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, make_config
 from visattn.registry import did_you_mean
+from visattn.rundir import check_name
 
 SPEC_KEYS = ("name", "backbone", "attn", "at", "seeds", "metric", "reference", "train", "grid")
 # TrainConfig keys the sweep itself sets for every run; they cannot be shared values or grid axes.
@@ -21,7 +26,7 @@ DEFAULT_METRIC = {"classify": "test.acc", "detect": "test.map"}
 REFERENCE_KEYS = ("backbone", "backbone_args", "label")
 FORMAT = 1
 # YAML 1.1 reads ``1e-3`` as a string; these TrainConfig keys take numbers.
-FLOAT_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float))
+FLOAT_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float, "float | None"))
 
 
 @dataclass
@@ -139,6 +144,8 @@ def make_spec(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     spec = SweepSpec(backbone=backbones, attn=attn, seeds=parse_seeds(merged.get("seeds", 1)), at=at_list,
                      train=train, grid=grid, reference=_as_list(merged.get("reference"), "reference"),
                      metric=merged.get("metric"), name=merged.get("name"))
+    if spec.name is not None:
+        spec.name = check_name(str(spec.name) if isinstance(spec.name, int) else spec.name, what="sweep")
     if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", spec.metric_name):
         raise ConfigError(f"metric {spec.metric_name!r} must be a dotted key of metrics.json, e.g. test.acc, test.map")
     return spec
@@ -230,6 +237,116 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     for plan in plans[: len(configs)]:  # types and ranges of every configuration, before anything is trained
         make_config({}, {**plan.values, "out": "."}, source=f"sweep run {plan.run_id}")
     return plans
+
+
+def _error_text(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split())
+
+
+def _model_slots(config: TrainConfig) -> tuple[list[str], list[str]]:
+    """(all slot names, default slot names) of the run's model with every slot empty."""
+    from visattn.build import build_model, list_slots
+
+    if config.task == "detect":
+        from visattn.detect import Detector, build_detector
+
+        model = build_detector(config.backbone, num_classes=1, neck=config.neck, scale=config.scale,
+                               img_size=config.img_size, backbone_args=config.backbone_args)
+        role = Detector.default_slot_role
+    else:
+        model = build_model(config.backbone, num_classes=2, img_size=config.img_size,
+                            backbone_args=config.backbone_args)
+        role = getattr(model, "default_slot_role", "block")
+    slots = list_slots(model)
+    return [s.name for s in slots], [s.name for s in slots if s.role == role]
+
+
+def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> None:
+    """Block names, their argument names and the slot globs of ``config.attn`` (no block is built)."""
+    from visattn.build import _normalise_specs
+    from visattn.registry import ATTENTION, check_kwargs
+
+    for spec in _normalise_specs(config.attn):
+        block = spec["block"]
+        if block != "none":
+            check_kwargs(f"attention block {block!r}", ATTENTION.get(block), spec["args"])
+        if spec["at"] is None and block != "none" and not defaults:
+            raise KeyError(f"{config.backbone} has no default slots for {block!r}; give 'at' globs. "
+                           f"Its slots: {', '.join(slots)}")
+        for pattern in spec["at"] or []:
+            if not any(fnmatch.fnmatchcase(slot, str(pattern)) for slot in slots):
+                raise KeyError(f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot of "
+                               f"{config.backbone}.{did_you_mean(str(pattern), slots)} Its slots: {', '.join(slots)}")
+
+
+def _check_data(config: TrainConfig) -> None:
+    """Data set name and option names, as train.build_datamodule passes them (nothing is loaded)."""
+    from visattn.registry import check_kwargs
+
+    args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
+                num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
+                limit=config.limit, skip_bad_images=config.skip_bad_images)
+    if config.task == "detect":
+        from visattn.data.detect import DetectionDataModule
+
+        check_kwargs(f"data set {config.data!r} (data_args)", DetectionDataModule, config.data_args)
+        DetectionDataModule(**args, **config.data_args)
+    else:
+        from visattn.data import ClassificationDataModule
+
+        ClassificationDataModule(**args, dataset_options=config.data_args or None)
+
+
+def _check_trainer(config: TrainConfig) -> None:
+    if config.trainer:
+        import lightning as L
+
+        from visattn.registry import check_kwargs
+
+        check_kwargs("trainer", L.Trainer, config.trainer)
+
+
+def _check_pretrained(config: TrainConfig) -> None:
+    if config.pretrained and not Path(config.pretrained).is_file():
+        raise FileNotFoundError(f"pretrained weights file {config.pretrained} not found")
+
+
+def _check_slots(built: tuple[list[str], list[str]] | Exception, config: TrainConfig) -> None:
+    if isinstance(built, Exception):  # the backbone itself could not be built
+        raise built
+    _check_attn(config, *built)
+
+
+def check_grid(plans: Sequence[RunPlan]) -> None:
+    """Check every configuration of the grid before the first run: backbone, blocks and their argument names, slot
+    globs (against the slots of the model as built, every slot empty), data set and its options, Lightning trainer
+    keys and the pretrained file. All problems are reported together. A value a block rejects only when built
+    (e.g. heads that do not divide a slot's channels) is left to its run, recorded as a failed grid point."""
+    problems: dict[str, str] = {}  # message -> the first configuration with it
+    slots: dict[str, tuple[list[str], list[str]] | Exception] = {}  # one build per backbone variant
+    seen: set[str] = set()
+    for plan in plans:
+        if plan.config in seen:
+            continue
+        seen.add(plan.config)
+        with contextlib.redirect_stderr(io.StringIO()):  # its notices (default lr ...) were shown by expand()
+            config = make_config({}, {**plan.values, "out": "."}, source=f"sweep run {plan.run_id}")
+        key = json.dumps([config.task, config.backbone, config.backbone_args, config.img_size, config.neck,
+                          config.scale], sort_keys=True, default=str)
+        if key not in slots:
+            try:
+                slots[key] = _model_slots(config)
+            except (KeyError, ValueError, TypeError) as err:
+                slots[key] = err
+        for check in (_check_data, _check_trainer, _check_pretrained, functools.partial(_check_slots, slots[key])):
+            try:
+                check(config)
+            except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+                problems.setdefault(_error_text(err), plan.config)
+    if problems:
+        items = [f"({i}) {config}: {message}" for i, (message, config) in enumerate(problems.items(), 1)]
+        raise ConfigError(f"the sweep grid has {len(problems)} problem(s), so nothing was run: {' '.join(items)}")
 
 
 def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan]) -> None:

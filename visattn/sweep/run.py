@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
-import shutil
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visattn.config import ConfigError
+from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, remove_created
 from visattn.sweep.execute import (
     EXECUTORS,
     Outcome,
@@ -21,12 +24,20 @@ from visattn.sweep.execute import (
     ray_slots,
     read_status,
     run_dir_of,
+    run_error,
     run_local,
     run_ray,
     start_ray,
     write_status,
 )
-from visattn.sweep.grid import RunPlan, SweepSpec, check_sweep_file, expand, read_sweep_file
+from visattn.sweep.grid import (
+    RunPlan,
+    SweepSpec,
+    check_grid,
+    check_sweep_file,
+    expand,
+    read_sweep_file,
+)
 from visattn.sweep.plots import write_plots
 from visattn.sweep.report import (
     ConfigSummary,
@@ -72,7 +83,7 @@ class Progress:
             metrics = json.loads((run_dir_of(self.sweep_dir, outcome.run_id) / "metrics.json").read_text())
             try:
                 what = f"{self.metric}={metric_value(metrics, self.metric):.4f}"
-            except KeyError:
+            except (KeyError, TypeError, ValueError):  # not in metrics.json, or not a number
                 what = f"{self.metric}=?"
         else:
             what = f"error: {outcome.error[:120]}"
@@ -82,33 +93,105 @@ class Progress:
                 f" | elapsed {_duration(time.monotonic() - self.start)}, ~{left} left")
 
 
-@contextmanager
-def sweep_lock(sweep_dir: Path) -> Iterator[None]:
-    """One sweep process per directory (the lock goes away with the process, SIGKILL included)."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(sweep_dir / ".lock", "a+")
+MARKER = ".visattn-sweep"  # written first into every sweep directory; --overwrite empties only such directories
+
+
+def _write_marker(sweep_dir: Path) -> None:
+    """Atomically (temporary file + rename), so a marker is never half-written."""
+    tmp = sweep_dir / f"{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"made_by": "visattn sweep", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "pid": os.getpid(), "host": os.uname().nodename}) + "\n")
+    os.replace(tmp, sweep_dir / MARKER)
+
+
+def _is_empty(folder: Path) -> bool:
+    """Nothing in it but (at most) the leftover of a marker write that was killed half-way."""
+    return all(item.name.startswith(MARKER) and item.name.endswith(".tmp") for item in folder.iterdir())
+
+
+def _is_old_sweep(sweep_dir: Path) -> bool:
+    """A sweep directory from before the marker existed: a sweep.json with a spec and runs."""
     try:
+        payload = json.loads((sweep_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"format", "spec", "runs"} <= set(payload)
+
+
+@dataclass
+class Claim:
+    """A sweep directory held by this call. ``started``: runs were launched, so nothing is removed on failure."""
+
+    sweep_dir: Path
+    created: list[Path]  # folders this call made: ``--out`` and its missing parents, then the sweep directory
+    adopted_empty: bool  # the directory existed but was empty: everything in it now is this call's
+    started: bool = False
+
+
+def _open_dir(sweep_dir: Path, *, overwrite: bool) -> tuple[bool, bool]:
+    """(created, adopted_empty): make the sweep directory with its marker, or check that an existing one is a
+    sweep directory (an empty folder, or an unmarked sweep of an older visattn when not overwriting, gets the
+    marker); anything else is refused and left untouched."""
+    if not (sweep_dir.is_symlink() or sweep_dir.exists()):
         try:
-            import fcntl
+            sweep_dir.mkdir()
+        except FileExistsError as err:
+            raise ConfigError(f"{sweep_dir} was created by another process while this sweep started; run the "
+                              "command again") from err
+        _write_marker(sweep_dir)
+        return True, False
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} exists and is not a folder; choose another --name or --out")
+    if (sweep_dir / MARKER).is_file():
+        return False, False
+    if _is_empty(sweep_dir):  # nothing to lose: make it a sweep directory
+        _write_marker(sweep_dir)
+        return False, True
+    if overwrite:
+        raise ConfigError(f"--overwrite empties only sweep directories made by visattn (they hold a {MARKER} file); "
+                          f"{sweep_dir} has none, so nothing in it was touched. Choose another --name or --out")
+    if _is_old_sweep(sweep_dir):  # an older visattn's sweep: continue it, marked from now on
+        _write_marker(sweep_dir)
+        return False, False
+    raise ConfigError(f"{sweep_dir} exists and is not a visattn sweep directory (no {MARKER} file); nothing in it "
+                      "was touched. Choose another --name or --out")
 
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except BlockingIOError as err:
-            raise ConfigError(f"another sweep is running in {sweep_dir}; wait for it or stop it first") from err
-        yield
+
+@contextmanager
+def claim_sweep_dir(sweep_dir: Path, *, overwrite: bool) -> Iterator[Claim]:
+    """Create (or reopen) a sweep directory, lock it for the life of the sweep, and on ``overwrite`` empty it.
+
+    What keeps a user's files safe: the sweep directory is always ``<out>/<one name>``; only a directory holding
+    the marker is ever emptied, and only by the process holding its lock; a call that fails before its first run
+    removes exactly what it made (and, in a folder it found empty, what it put there).
+    """
+    created = check_out_dir(sweep_dir.parent)
+    try:
+        made, adopted_empty = _open_dir(sweep_dir, overwrite=overwrite)
+        lock = DirLock(sweep_dir, what="sweep").acquire()
+    except BaseException:
+        remove_created(created)
+        raise
+    claim = Claim(sweep_dir, [*created, sweep_dir] if made else created, adopted_empty)
+    undo = False
+    try:
+        if overwrite:
+            clear_dir(sweep_dir, keep=(LOCK, MARKER))
+        yield claim
+    except BaseException:
+        undo = not claim.started and (made or adopted_empty)
+        if undo:  # still under the lock: nobody else is inside
+            clear_dir(sweep_dir, keep=(LOCK,))
+        raise
     finally:
-        handle.close()
-
-
-def _clear(sweep_dir: Path) -> None:
-    for item in sweep_dir.iterdir():
-        if item.name != ".lock":
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
+        lock.release()
+        if undo:
+            (sweep_dir / LOCK).unlink(missing_ok=True)
+            remove_created(claim.created)  # the sweep directory (now empty), then the --out folders it made
 
 
 def to_run(sweep_dir: Path, plans: list[RunPlan], *, retry_failed: bool) -> list[RunPlan]:
-    """Runs without metrics.json (failed ones too, unless ``retry_failed`` is False)."""
+    """Runs without a usable metrics.json (failed ones too, unless ``retry_failed`` is False)."""
     out = []
     for plan in plans:
         if is_done(sweep_dir, plan.run_id):
@@ -127,7 +210,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     """Train every grid point not finished yet in ``<out>/<name>`` and write the results, summary and plots.
 
     Started again with the same spec, it skips finished runs and resumes unfinished ones from their last
-    checkpoint; a different spec in the same directory is refused unless ``overwrite`` (which deletes it).
+    checkpoint; a different spec in the same directory is refused unless ``overwrite``, which empties it, and only
+    if it is a sweep directory (holds the marker file): see :func:`claim_sweep_dir`.
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -139,11 +223,12 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
         raise ValueError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
                          f"{gpus_per_run}")
     plans = expand(spec)
-    sweep_dir = Path(out) / (name or spec.default_name())
+    sweep_dir = Path(out) / check_name(spec.default_name() if name is None else name, what="sweep")
+    check_grid(plans)
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--executor ray needs Ray: pip install 'visattn[sweep]' (or pip install 'ray[default]')")
     say = print if echo else (lambda *a, **k: None)
-    with sweep_lock(sweep_dir):
-        if overwrite:
-            _clear(sweep_dir)
+    with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
         check_sweep_file(sweep_dir, spec, plans)
         pending = to_run(sweep_dir, plans, retry_failed=retry_failed)
         done = sum(is_done(sweep_dir, p.run_id) for p in plans)
@@ -167,6 +252,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
                 say(progress.line(outcome), flush=True)
 
             tasks = [(p.run_id, p.values) for p in pending]
+            claim.started = True
             if executor == "ray" and pending:
                 run_ray(tasks, sweep_dir=sweep_dir, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
                         threads=threads_per_run, on_done=on_done)
@@ -178,6 +264,14 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
 
                 ray.shutdown()
         return _report(sweep_dir, spec, plans, latency_threads=latency_threads, echo=echo)
+
+
+def _checked(sweep_dir: Path, result: RunResult) -> RunResult:
+    """A run whose metrics.json records a failure (non-finite loss or test metric, an error) counts as failed."""
+    if result.status != "ok":
+        return result
+    problem = run_error(run_dir_of(sweep_dir, result.plan.run_id))
+    return result if problem is None else dataclasses.replace(result, status="failed", metric=None, error=problem)
 
 
 def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_threads: int = 1,
@@ -193,7 +287,7 @@ def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_th
 def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_threads: int,
             echo: bool) -> SweepResult:
     metric = spec.metric_name
-    results = collect(sweep_dir, plans, metric)
+    results = [_checked(sweep_dir, r) for r in collect(sweep_dir, plans, metric)]
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
         raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
     latency, info = measure_latencies(sweep_dir, results, threads=latency_threads)
@@ -212,3 +306,4 @@ def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_t
         if pending:
             print(f"{pending} run(s) not run yet; run the same command again to continue")
     return SweepResult(sweep_dir, results, rows, text)
+
