@@ -389,6 +389,16 @@ def write_error(run_dir: Path, err: BaseException) -> None:
         pass
 
 
+def test_split_size(trainer: L.Trainer) -> int | None:
+    """Number of images in the split ``trainer.test`` just evaluated (None when the loader has no sized data set)."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
 def fit(prepared: PreparedRun) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json; returns its content."""
     try:
