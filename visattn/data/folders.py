@@ -61,14 +61,14 @@ class ImageFileDataset(Dataset):
         path = self.paths[index]
         try:
             with Image.open(path) as im:
-                if self.draft_size is not None and im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+                if self.draft_size is not None:
                     im.draft("RGB", (self.draft_size, self.draft_size))  # JPEG: DCT downscale; else no-op
                 im.load()
                 return pil_to_rgb(im, path)
         except DataError:
             raise
         except DECODE_ERRORS as err:
-            raise DataError(f"imagefolder: cannot decode image file {path} ({type(err).__name__}: {err}).") from None
+            raise DataError(f"cannot decode image file {path} ({type(err).__name__}: {err}).") from None
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
