@@ -513,3 +513,17 @@ def test_export_verifies_on_real_images_of_a_run_that_skipped_files(tmp_path: Pa
         warnings.simplefilter("error")  # "verification uses random input only" would fail here
         images = sample_images(spec, config, 2, 32)
     assert images is not None and images.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("reader", ["yolo", "coco"])
+def test_truncated_jpeg_in_detection_readers(tmp_path: Path, reader: str) -> None:
+    """OpenCV decodes a truncated JPEG with its missing part grey and no error: the readers catch it first."""
+    import cv2
+
+    root = yolo_set(tmp_path / "y", b"0 0.5 0.5 0.5 0.5\n") if reader == "yolo" else coco_set(tmp_path / "c")
+    bad = truncate(root / "images" / "train" / "x.jpg")
+    assert cv2.imread(str(bad)) is not None  # what the detection path would have trained on
+    read = read_yolo if reader == "yolo" else read_coco
+    with pytest.raises(DataError, match=r"cannot read image file .*train/x\.jpg \(truncated: OSError"):
+        read(root)
+    assert read(root, skip_bad_images=True).skipped == [bad]

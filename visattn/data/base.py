@@ -119,6 +119,27 @@ def pil_to_rgb(image: Image.Image, path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def jpeg_truncated(path: Path) -> str | None:
+    """Why a JPEG file is cut short, or None (also for other formats).
+
+    PIL's ``verify`` and OpenCV (which fills the missing part with grey) both pass a truncated JPEG. A
+    complete one ends with the end-of-image marker FF D9, a cheap test; only a JPEG without it is decoded,
+    to tell truncation from harmless bytes after the marker.
+    """
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":  # not a JPEG
+            return None
+        f.seek(max(0, f.seek(0, 2) - 2))
+        if f.read(2) == b"\xff\xd9":
+            return None
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except DECODE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def read_label_text(path: Path, owner: str) -> str:
     """A label, class-name or annotation file as text: UTF-8, with or without a byte-order mark."""
     try:

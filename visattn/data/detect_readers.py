@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, SPLITS, DataError, read_label_text
+from visattn.data.base import DECODE_ERRORS, SPLITS, DataError, jpeg_truncated, read_label_text
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
@@ -90,13 +90,23 @@ class _BoxFixer:
 def image_size(path: Path, owner: str) -> tuple[int, int]:
     """(width, height) from the file header; DataError naming the file and the reason if it cannot be read.
 
-    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` here (``DecompressionBombError``).
+    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` here (``DecompressionBombError``); a truncated JPEG,
+    which OpenCV would decode half grey, is refused too (``check_complete``).
     """
     try:
         with Image.open(path) as im:
-            return im.size
+            size = im.size
     except DECODE_ERRORS as err:
         raise DataError(f"{owner}: cannot read image file {path} ({type(err).__name__}: {err}).") from None
+    check_complete(path, owner)
+    return size
+
+
+def check_complete(path: Path, owner: str) -> None:
+    """DataError naming a truncated JPEG (see ``jpeg_truncated``)."""
+    why = jpeg_truncated(path)
+    if why is not None:
+        raise DataError(f"{owner}: cannot read image file {path} (truncated: {why}).")
 
 
 def decode_image(path: Path) -> np.ndarray | None:
@@ -232,15 +242,17 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
                 raise DataError(f"{name}: missing image file {candidates[0]} (image id {image_id}, "
                                 f"file_name {file_name!r} in {ann_file}).")
             try:
-                width, height = int(img["width"]), int(img["height"])
-            except (KeyError, TypeError, ValueError):
                 try:
+                    width, height = int(img["width"]), int(img["height"])
+                except (KeyError, TypeError, ValueError):
                     width, height = image_size(path, name)
-                except DataError:
-                    if skip_bad_images:
-                        source.skipped.append(path)
-                        continue
-                    raise
+                else:
+                    check_complete(path, name)
+            except DataError:
+                if skip_bad_images:
+                    source.skipped.append(path)
+                    continue
+                raise
             anns = per_image.get(image_id, [])
             boxes = np.array([a[0] for a in anns], np.float64).reshape(-1, 4)  # (N, 4)
             labels = np.array([a[1] for a in anns], np.int64)

@@ -20,6 +20,7 @@ from visattn.data.base import (
     Transform,
     apply_transform,
     check,
+    jpeg_truncated,
     pil_to_rgb,
     stratified_split,
 )
@@ -108,27 +109,23 @@ def _scan(tree: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _jpeg_is_complete(path: Path) -> bool:
-    """Does the file end with the JPEG end-of-image marker (FF D9)? A truncated JPEG does not."""
-    with open(path, "rb") as f:
-        f.seek(max(0, f.seek(0, 2) - 2))
-        return f.read(2) == b"\xff\xd9"
-
-
 def _is_decodable(path: Path) -> tuple[bool, str]:
     """Will ``ImageFileDataset`` decode this file? Checked up front so that training never meets a bad file.
 
     ``verify`` alone passes a truncated JPEG (it does not read the pixel data). Full decoding finds it
     but costs ~2 ms per ImageNet-sized JPEG, so a JPEG is decoded only when it lacks its end marker
-    (decoding then tells truncation from harmless trailing bytes); a PNG's ``verify`` already checks
-    every chunk up to IEND; other formats are decoded. Opening raises ``DecompressionBombError`` for
-    images over ``PIL.Image.MAX_IMAGE_PIXELS``; 32-bit and float images are refused (see ``pil_to_rgb``).
+    (``jpeg_truncated``); a PNG's ``verify`` already checks every chunk up to IEND; other formats are
+    decoded. Opening raises ``DecompressionBombError`` for images over ``PIL.Image.MAX_IMAGE_PIXELS``;
+    32-bit and float images are refused (see ``pil_to_rgb``).
     """
     try:
         with Image.open(path) as im:
             if im.mode in UNSUPPORTED_MODES:
                 return False, f"{UNSUPPORTED_MODES[im.mode]} pixels (PIL mode {im.mode}) are not supported"
-            if im.format == "PNG" or (im.format == "JPEG" and _jpeg_is_complete(path)):
+            if im.format == "JPEG":
+                why = jpeg_truncated(path)
+                return why is None, why or ""
+            if im.format == "PNG":
                 im.verify()
             else:
                 im.load()
