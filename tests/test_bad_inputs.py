@@ -527,3 +527,19 @@ def test_truncated_jpeg_in_detection_readers(tmp_path: Path, reader: str) -> Non
     with pytest.raises(DataError, match=r"cannot read image file .*train/x\.jpg \(truncated: OSError"):
         read(root)
     assert read(root, skip_bad_images=True).skipped == [bad]
+
+
+def test_cifar_class_names_not_utf8_named(tmp_path: Path) -> None:
+    import pickle
+
+    from visattn.data import load_cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        pixels = np.zeros((3, 3072), np.uint8)
+        (folder / name).write_bytes(pickle.dumps({b"data": pixels, b"labels": [0, 1, 2]}, protocol=2))
+    names = [f"c{i}".encode() for i in range(9)] + ["caf\u00e9".encode("latin-1")]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    with pytest.raises(DataError, match=r"class names in .*batches\.meta are not UTF-8"):
+        load_cifar(data_dir=tmp_path, val_ratio=0)

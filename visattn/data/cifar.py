@@ -133,7 +133,10 @@ def load_cifar(
         raise DataError(
             f"cifar: {folder / files[-1]} has keys {sorted(meta)}, expected a {names_key!r} list."
         )
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    try:
+        class_names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError as err:
+        raise DataError(f"cifar: class names in {folder / files[-1]} are not UTF-8 ({err.reason}).") from None
     top = int(max(train_y.max(), test_y.max()))
     if train_y.min() < 0 or top >= len(class_names):
         raise DataError(
