@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visattn.data import ClassificationDataModule, DataError
+from visattn.data import DataError
 from visattn.data.detect_readers import read_coco, read_yolo
 from visattn.data.folders import ImageFileDataset, load_image_folder
 
@@ -318,9 +318,9 @@ def test_predict_static_batch_onnx_with_many_images(classify_export: Path, photo
 def test_predict_static_batch_onnx_detection(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The detection path feeds a static graph one image at a time too (a fake session stands in for a detector
     export, which costs ~50 s to make here): each image gets its own box, identified by its score."""
-    from visattn.predict import predict_folder
-
     import onnxruntime
+
+    from visattn.predict import predict_folder
 
     class StaticSession:
         def __init__(self, path: str, providers: object = None) -> None:

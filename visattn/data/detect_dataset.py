@@ -45,7 +45,8 @@ class DetectionDataset(Dataset):
     def _decode(rec: DetectionRecord) -> np.ndarray:
         img = decode_image(rec.path)
         if img is None:
-            raise DataError(f"cannot decode image file {rec.path} (--skip-bad-images, config skip_bad_images: true, leaves such files out).")
+            raise DataError(f"cannot decode image file {rec.path} (--skip-bad-images, config skip_bad_images: true, "
+                            "leaves such files out).")
         if img.shape[:2] != (rec.height, rec.width):
             raise DataError(f"image file {rec.path} is {img.shape[1]}x{img.shape[0]} but its annotations say "
                             f"{rec.width}x{rec.height}.")

@@ -11,9 +11,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visattn.data.base import (
+    DECODE_ERRORS,
     SPLIT_SEED,
     SPLITS,
-    DECODE_ERRORS,
     UNSUPPORTED_MODES,
     DataError,
     DataSource,
