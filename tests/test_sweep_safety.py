@@ -81,6 +81,9 @@ def test_overwrite_empties_only_a_marked_unlocked_sweep_directory(tmp_path):
     with DirLock(sweep_dir, what="sweep"), pytest.raises(ConfigError, match="in use"):  # a live sweep holds it
         run_sweep(make_spec(TINY, {}), out=tmp_path / "out", name="mine", overwrite=True, echo=False)
     assert (sweep_dir / "runs" / "a-s0" / "metrics.json").is_file()
+    with DirLock(sweep_dir / "runs" / "a-s0"), pytest.raises(ConfigError, match="in use"):  # a run still alive
+        run_sweep(make_spec(TINY, {}), out=tmp_path / "out", name="mine", overwrite=True, echo=False)
+    assert (sweep_dir / "runs" / "a-s0" / "metrics.json").is_file()
     with claim_sweep_dir(sweep_dir, overwrite=True):
         assert sorted(p.name for p in sweep_dir.iterdir()) == [".lock", MARKER]
 

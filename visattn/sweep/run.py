@@ -157,6 +157,22 @@ def _open_dir(sweep_dir: Path, *, overwrite: bool) -> tuple[bool, bool]:
                       "was touched. Choose another --name or --out")
 
 
+def _clear_runs_first(sweep_dir: Path) -> None:
+    """Empty the run directories of a sweep being overwritten, each under its own training lock: a run still
+    alive (e.g. a worker that outlived a killed sweep) is refused with its pid and host, and nothing is removed."""
+    runs = sweep_dir / "runs"
+    folders = sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()) if runs.is_dir() else []
+    locks: list[DirLock] = []
+    try:
+        for folder in folders:
+            locks.append(DirLock(folder, what="run").acquire())
+        for folder in folders:
+            clear_dir(folder, keep=(LOCK,))
+    finally:
+        for lock in locks:
+            lock.release()
+
+
 @contextmanager
 def claim_sweep_dir(sweep_dir: Path, *, overwrite: bool) -> Iterator[Claim]:
     """Create (or reopen) a sweep directory, lock it for the life of the sweep, and on ``overwrite`` empty it.
@@ -176,6 +192,7 @@ def claim_sweep_dir(sweep_dir: Path, *, overwrite: bool) -> Iterator[Claim]:
     undo = False
     try:
         if overwrite:
+            _clear_runs_first(sweep_dir)
             clear_dir(sweep_dir, keep=(LOCK, MARKER))
         yield claim
     except BaseException:
