@@ -203,7 +203,11 @@ class ThroughputMonitor(L.Callback):
             stats["mfu"] = share
         self.history.append(stats)
         for key, value in stats.items():
-            pl_module.log(f"train/{key}", value, sync_dist=True)
+            # only rank 0 knows the peak (it measures it): MFU is rank 0's, logged without a collective
+            if key == "mfu":
+                pl_module.log("train/mfu", value, rank_zero_only=True)
+            else:
+                pl_module.log(f"train/{key}", value, sync_dist=True)
 
     def summary(self) -> dict[str, Any]:
         """Means over the epochs run (what metrics.json reports), and the peak they were measured against."""
