@@ -369,6 +369,9 @@ def prepare(config: TrainConfig) -> PreparedRun:
         raise
     for key, (old, new) in changes.items():
         print(f"visattn: resuming {run_dir} with {key} {old!r} -> {new!r}", file=sys.stderr)
+    report = getattr(getattr(module, "model", None), "pretrained_report", None)
+    if report is not None:  # a re-initialised classifier must be seen, not only logged
+        print(f"visattn: pretrained: {report.summary()}", file=sys.stderr)
     return PreparedRun(config, run_dir, datamodule, module, trainer, throughput,
                        last if config.resume else None, claim.lock)
 
