@@ -239,7 +239,8 @@ def test_detection_module_fits_logs_map_and_checkpoints_ema(tmp_path):
     assert all(torch.equal(saved[k], averaged[k]) for k in averaged)
     fresh = DetectionModule(build_detector("csp_n", num_classes=3, img_size=64), num_classes=3, img_size=64)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
-    (test,) = trainer.test(fresh, dataloaders=loader, ckpt_path=str(path), verbose=False)
+    (test,) = trainer.test(fresh, dataloaders=loader, ckpt_path=str(path), verbose=False,
+                           weights_only=True)
     assert {"test/map", "test/map50", "test/map75", "test/loss"} <= set(test)
     trained = module.model.state_dict()
     assert all(torch.equal(fresh.model.state_dict()[k], trained[k]) for k in trained)  # resume trains on

@@ -387,9 +387,10 @@ run_cli(train_main)
 
 
 def test_sigkill_at_a_random_step_then_resume_run_dir_alone_matches_uninterrupted(tmp_path, capsys):
-    epochs, steps_per_epoch = 4, 3  # limit 48 / batch 16
+    epochs, steps_per_epoch = 3, 3  # limit 24 / batch 8
     step = random.Random().randint(steps_per_epoch + 1, epochs * steps_per_epoch - 1)  # after the first last.ckpt
-    flags = [*TINY_FLAGS, "--epochs", str(epochs), "--seed", "7", "--out", str(tmp_path)]
+    flags = [*TINY_FLAGS, "--epochs", str(epochs), "--limit", "24", "--batch-size", "8", "--seed", "7",
+             "--out", str(tmp_path)]
     script = KILL_AT_STEP.format(threads=torch.get_num_threads(), step=step, argv=[*flags, "--name", "killed"])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)

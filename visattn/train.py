@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -185,7 +186,7 @@ def load_resume_checkpoint(path: Path, module: L.LightningModule) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        detail = " ".join(str(err).split())[:300]
+        detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())[:300]  # torch's text has ANSI bold
         raise ValueError(f"cannot resume from {path}: the file is truncated, corrupt, or holds more than tensors "
                          f"and plain values (it is loaded with weights_only=True) ({type(err).__name__}: "
                          f"{detail})") from err
