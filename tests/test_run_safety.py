@@ -323,6 +323,12 @@ def test_out_that_is_a_file_or_read_only_is_refused_before_any_work(tmp_path, ca
         assert code == 2 and "permission" in err and not any(locked.iterdir())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trainer_settings_lightning_refuses_are_user_errors(tmp_path, capsys):
+    code, err = cli(["--accelerator", "gpu", "--out", tmp_path / "runs"], capsys)
+    assert code == 2 and "accelerator 'gpu'" in err and not (tmp_path / "runs").exists()
+
+
 def test_os_errors_are_user_errors_but_bugs_keep_their_traceback():
     assert OSError in USER_ERRORS
     with pytest.raises(ZeroDivisionError):
