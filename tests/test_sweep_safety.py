@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,15 @@ def test_overwrite_empties_only_a_marked_unlocked_sweep_directory(tmp_path):
     with DirLock(sweep_dir / "runs" / "a-s0"), pytest.raises(ConfigError, match="in use"):  # a run still alive
         run_sweep(make_spec(TINY, {}), out=tmp_path / "out", name="mine", overwrite=True, echo=False)
     assert (sweep_dir / "runs" / "a-s0" / "metrics.json").is_file()
+    victim = user_folder(tmp_path)
+    (sweep_dir / "linked").symlink_to(victim)  # links inside a sweep directory are removed, never followed
     with claim_sweep_dir(sweep_dir, overwrite=True):
         assert sorted(p.name for p in sweep_dir.iterdir()) == [".lock", MARKER]
+    shutil.rmtree(sweep_dir / "runs", ignore_errors=True)
+    (sweep_dir / "runs").symlink_to(victim)
+    with claim_sweep_dir(sweep_dir, overwrite=True):
+        assert sorted(p.name for p in sweep_dir.iterdir()) == [".lock", MARKER]
+    assert (victim / "docs" / "thesis.txt").read_text() == "four years of work"
 
 
 def test_a_failed_start_removes_only_what_it_made(tmp_path, monkeypatch):

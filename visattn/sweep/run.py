@@ -161,7 +161,9 @@ def _clear_runs_first(sweep_dir: Path) -> None:
     """Empty the run directories of a sweep being overwritten, each under its own training lock: a run still
     alive (e.g. a worker that outlived a killed sweep) is refused with its pid and host, and nothing is removed."""
     runs = sweep_dir / "runs"
-    folders = sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()) if runs.is_dir() else []
+    if runs.is_symlink() or not runs.is_dir():  # a link is unlinked by clear_dir, never followed
+        return
+    folders = sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink())
     locks: list[DirLock] = []
     try:
         for folder in folders:
