@@ -3,6 +3,21 @@
 Adding a block: write ``visattn/attention/<name>.py`` with a class decorated by
 ``@register_attention("<name>")`` whose ``__init__`` takes ``channels`` first and keyword-only
 tunables after, and add one import line below.
+
+Optional methods a block may define (found by duck typing; the task code never names a block):
+
+* ``no_weight_decay() -> set[str]``: parameter names (relative to the block, globs allowed) the optimiser
+  must not decay, as timm models declare (e.g. MHSA's learned position table).
+* ``lr_scales() -> dict[str, float]``: name glob -> factor on the base learning rate (e.g. STN's
+  localisation net at 0.1x, set by its ``loc_lr_scale`` argument). Both are read by
+  ``visattn.tasks.common.make_optimizer``.
+* ``epoch_stats() -> dict[str, float]`` (and ``stats_warning(stats) -> str | None``): statistics gathered
+  over the training batches of an epoch, logged as ``blocks/<slot>/<name>`` by
+  ``visattn.tasks.monitors.BlockStatsMonitor``, which prints a warning line for a message (e.g. STN's
+  degenerate sampling grid).
+
+Under mixed precision, compute sensitive parts with ``visattn.layers.precision.full_precision`` and cast
+the result back to the input's dtype.
 """
 
 from __future__ import annotations
