@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -345,7 +346,12 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
     )
     check_kwargs("trainer", L.Trainer, config.trainer)
     trainer_args.update(config.trainer)
-    return L.Trainer(**trainer_args), throughput
+    try:
+        return L.Trainer(**trainer_args), throughput
+    except MisconfigurationException as err:  # e.g. --accelerator gpu on a machine without one: the user's choice
+        raise ConfigError(f"lightning.Trainer refused the settings (accelerator {config.accelerator!r}, devices "
+                          f"{config.devices!r}, strategy {config.strategy!r}, precision {config.precision!r}): "
+                          f"{err}") from err
 
 
 def prepare(config: TrainConfig) -> PreparedRun:
