@@ -41,7 +41,7 @@ ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 # What a resume may change: how and how long it trains, never what it trains. Everything else (architecture, data,
 # task, seed, optimiser, precision, trainer arguments) is the run's identity and must match its config.yaml.
 SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
-                  "visualize_every")
+                  "visualize_every", "channels_last", "compile")  # the last two: memory layout and compilation only
 LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how it was reached, not what it is
 
 
