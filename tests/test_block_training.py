@@ -156,7 +156,8 @@ def test_no_weight_decay_parameters_land_in_the_zero_decay_group():
     assert group_of(optimizer, "cls_token")["weight_decay"] == 0.0
     assert group_of(optimizer, "blocks.0.attn.qkv.weight")["weight_decay"] == 0.05
 
-    swin = visattn.build_model("swin_t", num_classes=10, img_size=64, backbone_args={"embed_dim": 24, "depths": (1, 1, 1, 1)})
+    swin = visattn.build_model("swin_t", num_classes=10, img_size=64,
+                               backbone_args={"embed_dim": 24, "depths": (1, 1, 1, 1)})
     optimizer = make_optimizer(swin, name="adamw", lr=1e-3, weight_decay=0.05, momentum=0.9)
     tables = [n for n, _ in swin.named_parameters() if n.endswith("relative_position_bias_table")]
     assert tables and all(group_of(optimizer, n)["weight_decay"] == 0.0 for n in tables)

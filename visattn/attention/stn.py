@@ -147,7 +147,7 @@ class SpatialTransformer(nn.Module):
         count = sums[-1]
         if not count:
             return {}
-        return {name: value / count for name, value in zip(STAT_NAMES, sums[:-1])}
+        return {name: value / count for name, value in zip(STAT_NAMES, sums[:-1], strict=True)}
 
     @staticmethod
     def stats_warning(stats: dict[str, float]) -> str | None:
