@@ -76,8 +76,8 @@ def test_program_dispatch_version_and_unknown_command(capsys):
 def test_train_help_shows_applied_defaults_and_choices():
     text = " ".join(train_parser("visattn train").format_help().split())
     assert "usage: visattn train" in text
-    for expected in ("(default: 15)", "digits/cifar 32", "cluttered-digits 64", "imagefolder 224", "shapes/coco/yolo 160",
-                     "64 (classify), 16 (detect)", "--print-config", "--version", "examples:"):
+    for expected in ("(default: 15)", "digits/cifar 32", "cluttered-digits 64", "imagefolder 224",
+                     "shapes/coco/yolo 160", "64 (classify), 16 (detect)", "--print-config", "--version", "examples:"):
         assert expected in text, expected
     for name in [*visattn.list_backbones(), *visattn.list_attention(), "cluttered-digits", "coco", "yolo"]:
         assert name in text, name
