@@ -213,3 +213,13 @@ def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
     assert "MFU" in perf.training_report(result)
     bf16 = perf.profile_training(model, input_size=(2, 3, 8, 8), precision="bf16-mixed", steps=1, warmup=0)
     assert bf16["peak_dtype"] == "bf16" and bf16["img_s"] > 0
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (64, 8)])
+def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus, expected):
+    from visattn.data import datamodule
+    from visattn.sweep.cli import build_parser, default_workers
+
+    monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
+    assert default_workers() == expected
+    assert build_parser().parse_args([]).workers is None  # resolved to default_workers() when the sweep starts

@@ -86,7 +86,7 @@ class TrainConfig:
     devices: Any = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "32"
+    precision: str = "auto"  # bf16-mixed where the CPU/GPU has bf16 matmuls, else 32 (visattn.perf.resolve_precision)
     channels_last: bool = False  # NHWC weights/activations; not faster on the CPUs measured (benchmarks/README.md)
     compile: bool = False  # torch.compile the model (nn.Module.compile: state-dict keys unchanged)
     trainer: dict[str, Any] = field(default_factory=dict)  # any further lightning.Trainer arguments

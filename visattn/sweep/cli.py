@@ -55,6 +55,19 @@ def grid_values(items: Sequence[str] | None) -> dict[str, list[Any]]:
     return out
 
 
+def default_workers() -> int:
+    """Runs at a time when ``--workers`` is not given: one per core (at most 8), each with one torch thread.
+
+    Measured on a 2-core machine (benchmarks/README.md, "Sweeps: runs per hour"): two single-thread runs finish
+    more runs per hour than one run with two threads, since one small model's step scales poorly over threads and
+    two threads of one process lose time at every synchronisation when the machine is busy. At most 8 so that
+    the data sets the runs hold in memory stay bounded.
+    """
+    from visattn.data.datamodule import available_cpus
+
+    return max(1, min(8, available_cpus()))
+
+
 def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
     from visattn.commands import version_text
 
@@ -95,7 +108,9 @@ def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="empty the sweep directory first (only one a sweep made, and "
                                                  "only when no sweep is running in it)")
     add("--executor", choices=["local", "ray"], default="local")
-    add("--workers", type=int, default=1, help="local: runs at a time, torch threads split between them")
+    add("--workers", type=int, default=None, help="local: runs at a time, torch threads split between them (default: "
+                                                  "one run per core, at most 8, 1 thread each: the fastest "
+                                                  "arrangement measured, benchmarks/README.md)")
     add("--ray-address", help="Ray cluster to use (e.g. auto or ray://head:10001); default: start a local Ray")
     add("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs each run holds (also its torch threads)")
     add("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs each run holds")
@@ -148,7 +163,7 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
         result = report_sweep(Path(args.out) / check_name(spec.default_name(), what="sweep"), metric=args.metric,
                               latency_threads=args.latency_threads)
     else:
-        if args.executor == "ray" and args.workers != 1:
+        if args.executor == "ray" and args.workers not in (None, 1):
             print("visattn: --workers is for the local executor; Ray runs as many at a time as the cluster's "
                   "CPUs/GPUs allow given --cpus-per-run/--gpus-per-run", file=sys.stderr)
 
@@ -162,7 +177,8 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
 
         previous = signal.signal(signal.SIGTERM, stop)
         try:
-            result = run_sweep(spec, out=args.out, executor=args.executor, workers=args.workers,
+            workers = default_workers() if args.workers is None else args.workers
+            result = run_sweep(spec, out=args.out, executor=args.executor, workers=workers,
                                ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                                gpus_per_run=args.gpus_per_run, threads_per_run=args.threads_per_run,
                                retry_failed=not args.skip_failed, overwrite=args.overwrite,
