@@ -59,7 +59,8 @@ def free_port() -> int:
 
 
 TINY = ["--backbone", "resnet18", "--attn", "se", "--set", "backbone_args.base_width=8", "--limit", "64", "--epochs",
-        "1", "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "--strategy", "ddp"]
+        "1", "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "--strategy", "ddp",
+        "--precision", "32"]
 
 
 def run_in_tty(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:

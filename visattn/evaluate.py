@@ -160,9 +160,12 @@ def evaluate_run(
                                       in_chans=spec.in_chans, label_smoothing=config.label_smoothing)
         confusion = ConfusionCallback(spec.num_classes)
         callbacks.append(confusion)
+    from visattn.perf import resolve_precision
+
+    precision, _ = resolve_precision(config.precision, accelerator=config.accelerator)  # "auto": as training chose
     trainer = L.Trainer(accelerator=config.accelerator, devices=1, logger=False, callbacks=callbacks,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        precision=config.precision)
+                        precision=precision)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         results = trainer.test(module, dataloaders=loader, verbose=False)
