@@ -223,3 +223,23 @@ def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus,
     monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
     assert default_workers() == expected
     assert build_parser().parse_args([]).workers is None  # resolved to default_workers() when the sweep starts
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx512_bf16"}, "bf16-mixed"), (set(), "32-true")])
+def test_run_records_what_precision_auto_chose_and_why(tmp_path, monkeypatch, flags, expected):
+    import yaml
+
+    from visattn.train import train
+
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset(flags))
+    monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 1e9)
+    config = make_config({}, dict(data="digits", img_size=16, epochs=1, batch_size=16, limit=32, num_workers=0,
+                                  out=str(tmp_path), name="run", backbone_args={"base_width": 8}, accelerator="cpu"))
+    assert config.precision == "auto"  # the default
+    metrics = train(config)
+    assert metrics["precision"] == expected and metrics["peak_dtype"] == ("bf16" if flags else "fp32")
+    assert metrics["precision_reason"] == ("auto: CPU has avx512_bf16" if flags else
+                                           "auto: CPU has none of amx_bf16, avx512_bf16")
+    assert metrics["train_gflops_s"] > 0 and metrics["mfu"] > 0
+    hparams = yaml.safe_load((tmp_path / "run" / "logs" / "hparams.yaml").read_text())
+    assert hparams["precision"] == expected and hparams["precision_reason"] == metrics["precision_reason"]

@@ -162,6 +162,8 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.precision = str(trainer.precision)
+        for logger in trainer.loggers:  # logs/hparams.yaml and TensorBoard: what "auto" became, and why
+            logger.log_hyperparams({"precision": self.precision, "precision_reason": self.precision_reason})
         if self.measure_peak and self.peak is None and trainer.is_global_zero:
             from visattn.perf import matmul_peak, precision_dtype
 
