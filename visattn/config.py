@@ -72,7 +72,7 @@ class TrainConfig:
     weight_decay: float | None = None  # default: by optimiser (OPTIMIZER_DEFAULTS)
     optimizer: str = "adamw"
     momentum: float = 0.9
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1  # measured: benchmarks/recipe_vs_plain_loop.py (benchmarks/README.md)
     warmup_epochs: float = 1.0
     early_stopping: int | None = None  # patience in epochs on the validation metric
     seed: int = 0
