@@ -243,3 +243,20 @@ def test_run_records_what_precision_auto_chose_and_why(tmp_path, monkeypatch, fl
     assert metrics["train_gflops_s"] > 0 and metrics["mfu"] > 0
     hparams = yaml.safe_load((tmp_path / "run" / "logs" / "hparams.yaml").read_text())
     assert hparams["precision"] == expected and hparams["precision_reason"] == metrics["precision_reason"]
+
+
+def test_out_dir_made_by_a_concurrent_run_is_not_an_error(tmp_path, monkeypatch):
+    """Sweeps now start one run per core at once; both may find ``runs/`` missing and race to create it."""
+    from pathlib import Path
+
+    from visattn.rundir import check_out_dir
+
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        real_mkdir(self)  # the other run wins the race ...
+        raise FileExistsError(17, "File exists", str(self))  # ... so ours finds it there
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert check_out_dir(tmp_path / "sweep" / "runs") == []  # nothing of ours to remove on failure
+    assert (tmp_path / "sweep" / "runs").is_dir()

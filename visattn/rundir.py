@@ -55,7 +55,12 @@ def check_out_dir(out: str | Path) -> list[Path]:
     created = []
     try:
         for folder in reversed(missing):
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue  # another run of the same sweep made it in the meantime: theirs, not ours to remove
             created.append(folder)
     except OSError as err:
         remove_created(created)
