@@ -39,7 +39,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 class PlainLoop(L.Callback):
     """After every visattn training epoch, one epoch of a plain loop: forward, loss, backward, step, schedule."""
 
-    def __init__(self, module: L.LightningModule, datamodule: L.LightningDataModule, task: str) -> None:
+    def __init__(self, module: L.LightningModule, datamodule: L.LightningDataModule, task: str,
+                 mode: str = "epoch") -> None:
+        self.mode = mode
+        self.step_pairs: list[tuple[float, float]] = []  # (visattn step s, plain step s) on the same batch
+        self.step_start = 0.0
         self.model = copy.deepcopy(module.model)
         self.criterion = copy.deepcopy(getattr(module, "criterion", None))
         self.loader = datamodule.train_dataloader()
@@ -66,7 +70,28 @@ class PlainLoop(L.Callback):
         if not trainer.sanity_checking:
             self.val_s.append(time.perf_counter() - self.val_start)
 
+    def plain_step(self, batch: Any) -> None:
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if self.mode != "step":
+            return
+        visattn = time.perf_counter() - self.step_start
+        self.model.train()
+        start = time.perf_counter()
+        self.plain_step(batch)
+        self.step_pairs.append((visattn, time.perf_counter() - start))
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.mode == "step":
+            return
         monitor = next(c for c in trainer.callbacks if type(c).__name__ == "ThroughputMonitor")
         self.visattn.append(monitor.history[-1]["throughput_img_s"])
         self.model.train()
@@ -74,11 +99,7 @@ class PlainLoop(L.Callback):
         images = 0
         start = time.perf_counter()
         for batch in self.loader:
-            loss = self.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.plain_step(batch)
             images += len(batch[0])
         self.plain.append(images / (time.perf_counter() - start))
 
@@ -90,6 +111,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="samples per split (default: the preset's)")
     parser.add_argument("--num-workers", type=int, default=None, help="default: visattn's")
     parser.add_argument("--precision", default="32")
+    parser.add_argument("--mode", choices=["epoch", "step"], default="epoch",
+                        help="epoch: alternate whole epochs (everything per epoch counted); step: after each visattn "
+                             "step, one plain step on the same batch (tighter pairs, data loading not compared)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="further TrainConfig keys")
     args = parser.parse_args()
@@ -107,11 +131,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         config = make_config({}, {**values, "out": out, "name": "overhead"})
         prepared = prepare(config)
-        plain = PlainLoop(prepared.module, prepared.datamodule, config.task)
+        plain = PlainLoop(prepared.module, prepared.datamodule, config.task, args.mode)
         prepared.trainer.callbacks.append(plain)
         start = time.perf_counter()
         prepared.trainer.fit(prepared.module, datamodule=prepared.datamodule)
         total = time.perf_counter() - start
+    if args.mode == "step":
+        pairs = plain.step_pairs[len(plain.step_pairs) // 4:]  # the first quarter is warm-up
+        ratios = [p / v for v, p in pairs]  # visattn throughput / plain throughput on the same batch
+        batch = values["batch_size"]
+        print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, preset "
+              f"{args.preset} {values}, step mode")
+        print("| preset | visattn step ms (median) | plain step ms (median) | visattn/plain throughput, per step "
+              "(median, IQR) | ratio of summed times | steps |")
+        quart = statistics.quantiles(ratios, n=4)
+        total_ratio = sum(p for _, p in pairs) / sum(v for v, _ in pairs)
+        print(f"| {args.preset} | {1e3 * statistics.median(v for v, _ in pairs):.1f} | "
+              f"{1e3 * statistics.median(p for _, p in pairs):.1f} | {statistics.median(ratios):.3f} "
+              f"({quart[0]:.3f}-{quart[2]:.3f}) | {total_ratio:.3f} | {len(pairs)} (batch {batch}) |")
+        return
     pairs = list(zip(plain.visattn[1:], plain.plain[1:], strict=True))
     ratios = [v / p for v, p in pairs]
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
