@@ -19,6 +19,7 @@ from visattn.config import (
     TASK_DEFAULTS,
     ConfigError,
     TrainConfig,
+    held_notices,
     make_config,
     packaged_configs,
     read_yaml,
@@ -179,7 +180,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--devices", help=f"auto | N | list, as lightning.Trainer takes (default: {base.devices})")
     add("--strategy", help=f"auto | ddp | ddp_spawn | fsdp | ... (default: {base.strategy})")
     add("--num-nodes", type=int, help=f"(default: {base.num_nodes})")
-    add("--precision", help=f"32 | bf16-mixed | 16-mixed (default: {base.precision})")
+    add("--precision", help="auto (bf16-mixed where the CPU/GPU has bf16 matmuls, else 32) | 32 | bf16-mixed | "
+                            f"16-mixed (default: {base.precision})")
+    add("--channels-last", action="store_true", default=None, help="NHWC memory layout (default: off)")
+    add("--compile", action="store_true", default=None, help="torch.compile the model (default: off)")
     add("--visualize-every", type=int, metavar="N", help="save attention figures every N epochs (default: never)")
     add("--set", action="append", metavar="KEY=VALUE", help="any other config key (repeatable), e.g. "
                                                             "backbone_args.base_width=32")
@@ -264,12 +268,15 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
     from visattn.train import fit, prepare
 
     args = train_parser(prog).parse_args(argv)
-    config = config_from_args(args)
+    with held_notices() as notices:  # shown once the run is set up: a failed command prints only its error
+        config = config_from_args(args)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     quiet_lightning()
     prepared = prepare(config)
+    for line in notices:
+        print(line, file=sys.stderr)
     metrics = fit(prepared)
     if prepared.trainer.is_global_zero:
         test = ", ".join(f"{k}={v:.4f}" for k, v in metrics["test"].items())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -43,7 +44,6 @@ ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
                   "visualize_every", "channels_last", "compile")  # the last two: memory layout and compilation only
 LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how it was reached, not what it is
-
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
@@ -121,6 +121,7 @@ def attn_label(attn: Any) -> str:
 
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
 
 
 def check_keys(values: Mapping[str, Any], source: str) -> None:
@@ -224,6 +225,31 @@ def check_types(config: TrainConfig) -> None:
                               f"({type(value).__name__})")
 
 
+_HELD_NOTICES: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def held_notices() -> Iterator[list[str]]:
+    """Collect the notices of the defaults ``make_config`` chose instead of printing them, so a command can show
+    them once the run is set up (an error then stays the only thing a failed command prints)."""
+    held: list[str] = []
+    _HELD_NOTICES.append(held)
+    try:
+        yield held
+    finally:
+        _HELD_NOTICES.pop()
+
+
+def notice(text: str) -> None:
+    """A one-line note on stderr (global rank 0 only), or into the innermost ``held_notices()``."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if _HELD_NOTICES:
+        _HELD_NOTICES[-1].append(text)
+    else:
+        print(text, file=sys.stderr)
+
+
 def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
     """Merge file values and overrides (overrides win), validate and fill task defaults."""
     check_keys(file_values, source)
@@ -241,9 +267,9 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         config.data = defaults["data"]
     if config.img_size is None:
         config.img_size = DATA_IMG_SIZE.get(config.data, defaults["img_size"])
-        if config.data in ANNOUNCE_SIZE and os.environ.get("RANK", "0") == "0":
-            print(f"visattn: {config.data}: img_size {config.img_size} (this data set's default; "
-                  "--img-size to change)", file=sys.stderr)
+        if config.data in ANNOUNCE_SIZE:
+            notice(f"visattn: {config.data}: img_size {config.img_size} (this data set's default; "
+                   "--img-size to change)")
     if config.batch_size is None:
         config.batch_size = defaults["batch_size"]
     if config.epochs is None:
@@ -258,10 +284,9 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
               if getattr(config, key) is None}
     for key, value in chosen.items():
         setattr(config, key, value)  # saved with the run's resolved config.yaml
-    if chosen and os.environ.get("RANK", "0") == "0":
+    if chosen:
         shown = ", ".join(f"{key} {value:g}" for key, value in chosen.items())
-        print(f"visattn: {config.optimizer} ({config.task}) default {shown} "
-              f"(--lr / --weight-decay to change)", file=sys.stderr)
+        notice(f"visattn: {config.optimizer} ({config.task}) default {shown} (--lr / --weight-decay to change)")
     for key in chosen.keys() ^ {"lr", "weight_decay"}:  # given ones: YAML could have made them anything
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

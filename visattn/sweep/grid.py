@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fnmatch
 import functools
-import io
 import itertools
 import json
 import re
@@ -15,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, make_config
+from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config
 from visattn.registry import did_you_mean
 from visattn.rundir import check_name
 
@@ -330,7 +328,7 @@ def check_grid(plans: Sequence[RunPlan]) -> None:
         if plan.config in seen:
             continue
         seen.add(plan.config)
-        with contextlib.redirect_stderr(io.StringIO()):  # its notices (default lr ...) were shown by expand()
+        with held_notices():  # its notices (default lr ...) were shown by expand()
             config = make_config({}, {**plan.values, "out": "."}, source=f"sweep run {plan.run_id}")
         key = json.dumps([config.task, config.backbone, config.backbone_args, config.img_size, config.neck,
                           config.scale], sort_keys=True, default=str)
