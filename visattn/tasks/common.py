@@ -249,6 +249,10 @@ class EpochSummary(L.Callback):
                 f"MFU {mfu}  {stats.get('epoch_train_s', 0):6.1f}s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
-        print(self.line(trainer), flush=True)
+        # every rank reads the metrics: reading them may reduce logged values across ranks (a collective that
+        # rank 0 alone would wait on forever under DDP)
+        text = self.line(trainer)
+        if trainer.is_global_zero:
+            print(text, flush=True)
