@@ -278,6 +278,16 @@ def test_non_finite_loss_stops_keeps_the_run_and_says_why(tmp_path, capsys):
     assert error["status"] == "failed" and error["non_finite_loss"] is True and "step" in error["error"]
 
 
+def test_finite_training_loss_but_non_finite_test_metric_fails_the_command(tmp_path, capsys):
+    """Diverged weights whose training loss stayed finite (huge): the command names the metric and exits 1."""
+    code, err = cli([*TINY_FLAGS, "--epochs", "2", "--lr", "1e6", "--precision", "32", "--limit", "64",
+                     "--batch-size", "64", "--out", tmp_path, "--name", "div"], capsys)
+    metrics = json.loads((tmp_path / "div" / "metrics.json").read_text())
+    if all(v is not None for v in metrics["test"].values()):
+        pytest.skip("this configuration did not diverge here")
+    assert code == 1 and "non-finite test metric(s)" in err and "loss" in err
+
+
 def test_detection_loss_is_checked_too():
     from visattn.detect import build_detector
     from visattn.tasks.common import NonFiniteLossError

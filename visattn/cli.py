@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -285,4 +286,9 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")
         if metrics.get("skipped_images"):
             print(f"skipped {metrics['skipped_images']} undecodable image(s) (--skip-bad-images)")
+        diverged = [k for k, v in metrics["test"].items() if v is None or not math.isfinite(v)]
+        if diverged:  # the training loss stayed finite, but the weights no longer give numbers
+            print(f"visattn: error: non-finite test metric(s) {', '.join(diverged)} (null in metrics.json): the model "
+                  f"diverged; lower --lr (it was {config.lr:g}) or add warm-up", file=sys.stderr)
+            return 1
     return 0
