@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from visattn.data import DataError
-from visattn.data.detect_readers import read_coco, read_yolo
+from visattn.data.detect.readers import read_coco, read_yolo
 from visattn.data.folders import ImageFileDataset, load_image_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from visattn.data import shapes
 from visattn.data.base import DataError
-from visattn.data.detect import DetectionDataModule, detection_collate
-from visattn.data.detect_readers import coco_to_yolo, read_coco, read_yolo
-from visattn.data.detect_transforms import build_detect_eval_transform, letterbox_params, mosaic4, unletterbox
-from visattn.data.shapes import ShapesParams, ensure_shapes
+from visattn.data.detect import DetectionDataModule, detection_collate, shapes
+from visattn.data.detect.readers import coco_to_yolo, read_coco, read_yolo
+from visattn.data.detect.shapes import ShapesParams, ensure_shapes
+from visattn.data.detect.transforms import build_detect_eval_transform, letterbox_params, mosaic4, unletterbox
 
 SMALL = dict(num_train=20, num_val=6, num_test=6)
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

@@ -239,7 +239,7 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, l
 def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict[str, Any], batch_size: int,
                              out_csv: str | Path | None, save_dir: str | Path | None,
                              conf_threshold: float | None) -> list[dict[str, Any]]:
-    from visattn.data.detect_transforms import letterbox, unletterbox
+    from visattn.data.detect.transforms import letterbox, unletterbox
 
     exported_at = float(spec.get("conf_threshold", 0.25))
     threshold = exported_at if conf_threshold is None else float(conf_threshold)

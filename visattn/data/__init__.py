@@ -1,4 +1,5 @@
-"""Classification data: built-in data sets, albumentations pipelines and a Lightning data module.
+"""Classification data (built-in data sets, albumentations pipelines, a Lightning data module) and the pieces
+both tasks share; detection data lives in ``visattn.data.detect``.
 
 Every data set is a loader registered in ``visattn.registry.DATASETS`` that returns a ``DataSource``
 (train/val/test map-style data sets, class names, augmentation defaults). Every problem with data

@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader
 
 from visattn.data.base import SPLITS, DataError, check, nearest
 from visattn.data.datamodule import default_num_workers, split_loader
-from visattn.data.detect_dataset import DetectionDataset, detection_collate
-from visattn.data.detect_readers import DetectionRecord, DetectionSource, decode_image, read_coco, read_yolo
-from visattn.data.detect_transforms import (
+from visattn.data.detect.dataset import DetectionDataset, detection_collate
+from visattn.data.detect.readers import DetectionRecord, DetectionSource, decode_image, read_coco, read_yolo
+from visattn.data.detect.shapes import ShapesParams, ensure_shapes
+from visattn.data.detect.transforms import (
     DetectAugmentConfig,
     build_detect_eval_transform,
     build_detect_train_transform,
 )
-from visattn.data.shapes import ShapesParams, ensure_shapes
 from visattn.registry import Registry, keyword_names
 
 DETECTION_DATASETS: Registry[Any] = Registry("detection data set")

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from visattn.data.base import DataError
-from visattn.data.detect_readers import DetectionRecord, decode_image
-from visattn.data.detect_transforms import mosaic4
+from visattn.data.detect.readers import DetectionRecord, decode_image
+from visattn.data.detect.transforms import mosaic4
 from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, reseed
 
 
