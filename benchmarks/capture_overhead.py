@@ -24,7 +24,7 @@ import torch
 import visattn
 from visattn.viz import capture
 
-capture_module = importlib.import_module("visattn.viz.capture")  # the module; visattn.viz.capture is the function
+record_module = importlib.import_module("visattn.layers.record")  # where the blocks import record from
 
 CASES = {  # name -> (backbone, attn, img_size, backbone_args)
     "resnet18 + cbam": ("resnet18", "cbam", 112, {}),
@@ -66,7 +66,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float
 def record_calls(model: torch.nn.Module, x: torch.Tensor) -> int:
     """How many times ``record`` runs per forward (counted with a wrapper)."""
     count = [0]
-    original = capture_module.record
+    original = record_module.record
 
     def counting(module, name, value) -> None:  # noqa: ANN001
         count[0] += 1
@@ -89,7 +89,7 @@ def record_cost_ns() -> float:
     block = visattn.build_attention("se", 16)
     value = torch.zeros(1)
     number = 200_000
-    best = min(timeit.repeat(lambda: capture_module.record(block, "channel", value), number=number, repeat=5))
+    best = min(timeit.repeat(lambda: record_module.record(block, "channel", value), number=number, repeat=5))
     return 1e9 * best / number
 
 

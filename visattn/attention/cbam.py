@@ -17,15 +17,15 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.layers.precision import full_precision
+from visattn.layers.record import record
 from visattn.registry import ATTENTION
-from visattn.viz.capture import record
 
 
 @ATTENTION.register("channel_gate")
 class ChannelGate(nn.Module):
     """Shared MLP (C -> C // r -> C) over the average- and max-pooled descriptors, summed, sigmoid."""
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(self, channels: int, *, reduction: int = 16) -> None:
         super().__init__()
@@ -50,7 +50,7 @@ class ChannelGate(nn.Module):
 class SpatialGate(nn.Module):
     """Channel-wise max and mean, 7x7 conv (no bias), BatchNorm (momentum 0.1, see the module docstring), sigmoid."""
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(self, channels: int, *, kernel_size: int = 7) -> None:
         super().__init__()

@@ -9,8 +9,8 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.layers.precision import full_precision
+from visattn.layers.record import record
 from visattn.registry import ATTENTION
-from visattn.viz.capture import record
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
@@ -23,7 +23,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int
 class EfficientChannelAttention(nn.Module):
     """Global average pool, 1D conv (no bias) across channels, sigmoid gate."""
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(
         self, channels: int, *, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.record import attention_probs, record
 from visattn.registry import ATTENTION
-from visattn.viz.capture import attention_probs, record
 
 POS_ENCODINGS = ("sinusoidal", "learned", "none")
 
@@ -52,7 +52,7 @@ class MultiHeadSelfAttention2d(nn.Module):
     ``nn.MultiheadAttention``. ``heads=None`` picks up to 8 heads of at least 16 channels each.
     """
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(
         self,

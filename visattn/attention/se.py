@@ -7,8 +7,8 @@ from torch import nn
 
 from visattn.layers import make_divisible, require
 from visattn.layers.precision import full_precision
+from visattn.layers.record import record
 from visattn.registry import ATTENTION
-from visattn.viz.capture import record
 
 
 @ATTENTION.register("se")
@@ -19,7 +19,7 @@ class SqueezeExcite(nn.Module):
     ``SEModule`` does, so weights copy one-to-one (``fc1``, ``fc2``).
     """
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(self, channels: int, *, reduction: int = 16, divisor: int = 8) -> None:
         super().__init__()

@@ -10,8 +10,8 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.layers.precision import full_precision
+from visattn.layers.record import record
 from visattn.registry import ATTENTION
-from visattn.viz.capture import record
 
 TRANSFORMS = {"affine": 6, "translation_scale": 3}
 PADDING_MODES = ("border", "reflection", "zeros")
@@ -45,7 +45,7 @@ class SpatialTransformer(nn.Module):
     :meth:`stats_warning` names a degenerate grid.
     """
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(
         self,

@@ -25,8 +25,8 @@ from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
 from visattn.layers import AttentionSlot, apply_slot_nhwc, require
+from visattn.layers.record import attention_probs, record
 from visattn.registry import BACKBONES
-from visattn.viz.capture import attention_probs, record
 
 MASK_VALUE = -100.0  # additive logit for blocked pairs, as in the official code (exp(-100) ~ 4e-44)
 
@@ -101,7 +101,7 @@ class PatchEmbed(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self attention inside windows with a learned relative position bias."""
 
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
         super().__init__()

@@ -15,8 +15,8 @@ from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
 from visattn.layers import AttentionSlot, apply_slot_tokens, require
+from visattn.layers.record import attention_probs, record
 from visattn.registry import BACKBONES
-from visattn.viz.capture import attention_probs, record
 
 # name -> (embed_dim, depth, num_heads) of the published patch-16 variants
 VIT_VARIANTS: dict[str, tuple[int, int, int]] = {
@@ -38,7 +38,7 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    _capture: dict | None = None  # set by visattn.viz.capture while capturing
+    _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """See where attention blocks look: capture their maps, measure them against boxes, draw figures.
 
-``capture`` and ``record`` are imported by the blocks themselves, so this package imports nothing heavy
-up front; the figure functions (matplotlib) load on first use.
+The blocks record through ``visattn.layers.record`` and never import this package (``record`` and
+``attention_probs`` are re-exported here). Nothing heavy is imported up front either: the figure
+functions (matplotlib) load on first use.
 """
 
 from __future__ import annotations

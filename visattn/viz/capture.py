@@ -1,8 +1,9 @@
 """What each attention block computed on its last forward: ``with capture(model) as maps: model(x)``.
 
-Blocks that can report something have a class attribute ``_capture = None``. While ``capture`` is
-active it points at the dict of the block's entry, and the block's ``record(self, name, tensor)`` calls
-store into it; otherwise ``record`` returns after one attribute check and no hook is installed.
+Blocks that can report something call ``record(self, name, tensor)`` from ``visattn.layers.record``
+(the primitive lives below the blocks so they never import this package). While ``capture`` is active
+it points each such block at the dict of its entry; otherwise ``record`` returns after one attribute
+check and no hook is installed.
 
 Entries (``maps[key]`` is a dict of tensors, batch first):
 
@@ -33,30 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from visattn.layers.record import attention_probs, can_record, is_recording, record, start_recording, stop_recording
 from visattn.layers.slot import AttentionSlot
 
+__all__ = ["AttentionMaps", "attention_probs", "capture", "record"]  # the primitives are re-exported from layers
+
 Entry = dict[str, Any]
-
-
-def record(module: nn.Module, name: str, value: Any) -> None:
-    """Store ``value`` (detached) under ``name`` in ``module``'s capture entry; nothing when not capturing."""
-    store = module._capture
-    if store is None:
-        return
-    store[name] = value.detach() if isinstance(value, torch.Tensor) else value
-
-
-def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask), the probabilities SDPA does not return: (..., Nq, Nk)."""
-    with torch.no_grad():
-        logits = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)  # (..., Nq, Nk)
-        if mask is not None:
-            logits = logits + mask.float()
-        return logits.softmax(-1)
-
-
-def can_capture(module: nn.Module) -> bool:
-    return hasattr(type(module), "_capture")
 
 
 class AttentionMaps(dict):
@@ -145,10 +128,10 @@ def capture(model: nn.Module) -> Iterator[AttentionMaps]:
     handles: list[Any] = []
 
     def attach(module: nn.Module, store: Entry, key: str) -> None:
-        if module.__dict__.get("_capture") is not None:
+        if is_recording(module):
             raise ValueError(f"{type(module).__name__} at {key!r} is already being captured; "
                              "capture() blocks over the same model cannot nest")
-        module._capture = store
+        start_recording(module, store)
         assigned.append(module)
 
     try:
@@ -159,13 +142,13 @@ def capture(model: nn.Module) -> Iterator[AttentionMaps]:
                 maps.slot_keys.add(name)
                 for sub in module.block.modules():
                     inside.add(id(sub))
-                    if can_capture(sub):
+                    if can_record(sub):
                         attach(sub, store, name)
                 handles.append(module.block.register_forward_pre_hook(_slot_input_hook(store)))
         for name, module in model.named_modules():
             if id(module) in inside:
                 continue
-            if can_capture(module):
+            if can_record(module):
                 attach(module, maps.setdefault(name, {}), name)
             if isinstance(module, VisionTransformer):
                 key = _join(name, "rollout")
@@ -178,7 +161,7 @@ def capture(model: nn.Module) -> Iterator[AttentionMaps]:
         yield maps
     finally:
         for module in assigned:
-            del module._capture  # back to the class attribute (None)
+            stop_recording(module)
         for handle in handles:
             handle.remove()
     maps.finish()
