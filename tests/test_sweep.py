@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import yaml
 from scipy.stats import ttest_ind
 
 from visattn.config import ConfigError
-from visattn.sweep import RunPlan, expand, make_spec, run_sweep, welch
+from visattn.sweep import RunPlan, expand, make_spec, report_sweep, run_sweep, welch
 from visattn.sweep.execute import cpu_count, launch_values
 from visattn.sweep.grid import check_sweep_file
 from visattn.sweep.report import RunResult, summarize
@@ -133,7 +134,7 @@ def killed_and_resumed(tmp_path_factory):
     config.write_text(yaml.safe_dump(SWEEP))
     cmd = [sys.executable, str(REPO / "tools" / "sweep.py"), "--config", str(config), "--out", str(root),
            # one run at a time with every core, the arrangement the Ray comparison below repeats
-           "--workers", "1"]
+           "--workers", "1", "--no-ort-latency"]
     sweep_dir = root / "tiny"
     with open(root / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -154,7 +155,8 @@ def killed_and_resumed(tmp_path_factory):
     orphans = [pid for pid in children if alive(pid)]
     after_kill = sorted(sweep_dir.glob("runs/*/metrics.json"))  # an orphaned run would have finished by now
     start = time.perf_counter()
-    result = run_sweep(make_spec(yaml.safe_load(config.read_text()), {}), out=root, name="tiny", echo=False)
+    result = run_sweep(make_spec(yaml.safe_load(config.read_text()), {}), out=root, name="tiny", echo=False,
+                       ort_latency=False)
     return dict(result=result, sweep_dir=sweep_dir, first=first, first_mtime=first_mtime, orphans=orphans,
                 children=children, at_kill=at_kill, after_kill=after_kill, seconds=time.perf_counter() - start)
 
@@ -198,11 +200,50 @@ def test_killed_sweep_resumes_and_writes_tables(killed_and_resumed):
 def test_same_command_again_trains_nothing(killed_and_resumed):
     sweep_dir = killed_and_resumed["sweep_dir"]
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("runs/*/metrics.json")}
-    again = run_sweep(make_spec(SWEEP, {}), out=sweep_dir.parent, name="tiny", echo=False, retry_failed=False)
+    again = run_sweep(make_spec(SWEEP, {}), out=sweep_dir.parent, name="tiny", echo=False, retry_failed=False,
+                      ort_latency=False)
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("runs/*/metrics.json")} == before
     assert [r.values for r in again.summary] == [r.values for r in killed_and_resumed["result"].summary]
     with pytest.raises(ConfigError, match="different sweep"):
         run_sweep(make_spec({**SWEEP, "seeds": 3}, {}), out=sweep_dir.parent, name="tiny", echo=False)
+
+
+def cost_row(summary: str, first_cell: str) -> str:
+    """The line of summary.md's cost table (after the "## Cost" heading) whose first cell is ``first_cell``."""
+    lines = summary.split("## Cost", 1)[1].splitlines()
+    return next(line for line in lines if line.startswith(f"| {first_cell} | "))
+
+
+def test_onnxruntime_latency_column_next_to_eager(killed_and_resumed, tmp_path, monkeypatch):
+    """The tiny sweep re-reported with --ort-latency: the column is filled and labelled; a failed export reads n/a
+    with its reason as a footnote instead of failing the report."""
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxscript", reason="needs the [export] extra")
+    import onnxruntime
+
+    sweep_dir = tmp_path / "tiny"
+    shutil.copytree(killed_and_resumed["sweep_dir"], sweep_dir, ignore=shutil.ignore_patterns("*.ckpt"))
+    result = report_sweep(sweep_dir, ort_latency=True, echo=False)
+    by_config = {r.config: r for r in result.summary}
+    for config in ("resnet18/none", "resnet18/se"):
+        assert by_config[config].ort_latency_ms > 0 and by_config[config].latency_ms > 0
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "| latency ms | ort latency ms |" in cost_row(summary, "configuration")
+    assert f"onnxruntime {onnxruntime.__version__}" in summary and "intra_op_num_threads = 1" in summary
+    row = cost_row(summary, "resnet18/se")
+    assert row.split(" | ")[4] == f"{by_config['resnet18/se'].ort_latency_ms:.2f}"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no ONNX for you")
+
+    monkeypatch.setattr("visattn.sweep.report.ort_session", broken)
+    (sweep_dir / "latency.json").unlink()
+    result = report_sweep(sweep_dir, ort_latency=True, echo=False)
+    assert all(r.ort_latency_ms is None for r in result.summary)
+    summary = (sweep_dir / "summary.md").read_text()
+    row = cost_row(summary, "resnet18/se")
+    assert row.split(" | ")[4] == "n/a [1]" and float(row.split(" | ")[3]) > 0
+    assert "[1] ort latency n/a: export failed: RuntimeError: no ONNX for you" in summary
 
 
 def test_ray_executor_gives_the_same_numbers(killed_and_resumed, tmp_path):
@@ -210,7 +251,7 @@ def test_ray_executor_gives_the_same_numbers(killed_and_resumed, tmp_path):
     spec = make_spec({**SWEEP, "attn": ["none", "se"], "seeds": [0]}, {})
     # as many threads per run as the local sweep's single worker had, so the arithmetic is the same
     result = run_sweep(spec, out=tmp_path, name="ray", executor="ray", cpus_per_run=1.0, threads_per_run=cpu_count(),
-                       echo=False)
+                       echo=False, ort_latency=False)
     local = {r["run_id"]: r for r in read_csv(killed_and_resumed["sweep_dir"] / "results.csv")}
     remote = read_csv(result.sweep_dir / "results.csv")
     assert len(remote) == 2 and all(r["status"] == "ok" for r in remote)
@@ -225,7 +266,7 @@ def test_detection_sweep_compares_map(tmp_path):
     train = {"task": "detect", "data": "shapes", "img_size": 64, "epochs": 1, "batch_size": 8, "num_workers": 0,
              "data_args": {"num_train": 16, "num_val": 8, "num_test": 8, "cache_dir": str(tmp_path / "cache")}}
     spec = make_spec({"backbone": "csp_n", "attn": ["none", "eca"], "seeds": [0], "train": train}, {})
-    result = run_sweep(spec, out=tmp_path, name="det", echo=False, latency_threads=1)
+    result = run_sweep(spec, out=tmp_path, name="det", echo=False, latency_threads=1, ort_latency=False)
     rows = read_csv(tmp_path / "det" / "results.csv")
     assert [(r["attn"], r["status"], r["metric_name"]) for r in rows] == [("none", "ok", "test.map"),
                                                                          ("eca", "ok", "test.map")]

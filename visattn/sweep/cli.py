@@ -117,6 +117,9 @@ def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
     add("--threads-per-run", type=int, help="torch threads of each run (default: cores // workers, or "
                                             "--cpus-per-run with Ray)")
     add("--latency-threads", type=int, default=1, help="torch threads when timing batch-1 latency (default 1)")
+    add("--ort-latency", action=argparse.BooleanOptionalAction, default=None,
+        help="also time each configuration exported to ONNX under onnxruntime, with the --latency-threads, next to "
+             "the eager latency (default: on when the [export] extra is installed)")
     add("--skip-failed", action="store_true", help="keep recorded failures instead of retrying them")
     add("--report-only", action="store_true", help="only rewrite the tables and plots of the sweep directory")
     add("--dry-run", action="store_true", help="print the runs of the grid and exit")
@@ -161,7 +164,7 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
         return 0
     if args.report_only:
         result = report_sweep(Path(args.out) / check_name(spec.default_name(), what="sweep"), metric=args.metric,
-                              latency_threads=args.latency_threads)
+                              latency_threads=args.latency_threads, ort_latency=args.ort_latency)
     else:
         if args.executor == "ray" and args.workers not in (None, 1):
             print("visattn: --workers is for the local executor; Ray runs as many at a time as the cluster's "
@@ -182,7 +185,7 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
                                ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
                                gpus_per_run=args.gpus_per_run, threads_per_run=args.threads_per_run,
                                retry_failed=not args.skip_failed, overwrite=args.overwrite,
-                               latency_threads=args.latency_threads)
+                               latency_threads=args.latency_threads, ort_latency=args.ort_latency)
         except KeyboardInterrupt:
             print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
             return 130

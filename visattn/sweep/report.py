@@ -8,6 +8,8 @@ import math
 import platform
 import statistics
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,8 @@ class ConfigSummary:
     params: int | None = None
     macs: int | None = None
     latency_ms: float | None = None
+    ort_latency_ms: float | None = None
+    ort_note: str | None = None  # why ort_latency_ms is missing
     throughput: float | None = None
     comparison: Comparison | None = None
     verdict: str = "n/a"
@@ -182,7 +186,8 @@ def metric_scale(metric: str) -> tuple[float, str]:
     return (100.0, " %") if is_bounded(metric) else (1.0, "")
 
 
-def summarize(results: list[RunResult], latency: dict[str, float], *, metric: str = "test.acc") -> list[ConfigSummary]:
+def summarize(results: list[RunResult], latency: dict[str, float], *, metric: str = "test.acc",
+              ort: dict[str, Any] | None = None) -> list[ConfigSummary]:
     """One summary per configuration, in grid order, each compared with its baseline (paired by seed where the
     grid allows, else Welch), p-values Holm-adjusted over the configurations that share a baseline."""
     rows: dict[str, ConfigSummary] = {}
@@ -200,6 +205,9 @@ def summarize(results: list[RunResult], latency: dict[str, float], *, metric: st
         ok = [r.throughput for r in row.runs if r.throughput is not None]
         row.throughput = statistics.fmean(ok) if ok else None
         row.latency_ms = latency.get(row.config)
+        if ort is not None:  # {"ms": {config: ms}, "notes": {config: why not}, "unavailable": why none}
+            row.ort_latency_ms = (ort.get("ms") or {}).get(row.config)
+            row.ort_note = ort.get("unavailable") or (ort.get("notes") or {}).get(row.config)
     for row in rows.values():
         base = rows.get(row.baseline) if row.baseline else None
         if row.config == row.baseline:
@@ -288,16 +296,29 @@ def accuracy_rows(rows: list[ConfigSummary], metric: str) -> tuple[list[str], li
     return header, cells
 
 
-def cost_rows(rows: list[ConfigSummary]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the cost table (params, MACs, latency, throughput and their differences)."""
-    header = ["configuration", "params", "MACs", "latency ms", "train img/s", "Δ params", "Δ MACs", "Δ latency ms"]
+def ort_footnotes(rows: list[ConfigSummary]) -> list[str]:
+    """The distinct reasons an ``ort latency ms`` cell reads n/a; cell marks ``[k]`` index this list from 1."""
+    return list(dict.fromkeys(r.ort_note for r in rows if r.ort_latency_ms is None and r.ort_note))
+
+
+def cost_rows(rows: list[ConfigSummary], *, ort: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the cost table (params, MACs, latency, throughput and their differences).
+
+    ``ort``: add the onnxruntime latency next to the eager one; a missing value reads ``n/a [k]``, k being its
+    reason's number in :func:`ort_footnotes`.
+    """
+    header = ["configuration", "params", "MACs", "latency ms", *(["ort latency ms"] if ort else []), "train img/s",
+              "Δ params", "Δ MACs", "Δ latency ms"]
+    notes = {note: k for k, note in enumerate(ort_footnotes(rows), start=1)}
     by_name = {r.config: r for r in rows}
     cells = []
     for r in rows:
         base = by_name.get(r.baseline) if r.baseline else None
         same = base is None or base is r
+        ort_cell = (f"{r.ort_latency_ms:.2f}" if r.ort_latency_ms is not None
+                    else f"n/a [{notes[r.ort_note]}]" if r.ort_note in notes else "-")
         cells.append([r.config, human(r.params), human(r.macs),
-                      "-" if r.latency_ms is None else f"{r.latency_ms:.2f}",
+                      "-" if r.latency_ms is None else f"{r.latency_ms:.2f}", *([ort_cell] if ort else []),
                       "-" if r.throughput is None else f"{r.throughput:.0f}",
                       "-" if same else _delta(r.params, base.params), "-" if same else _delta(r.macs, base.macs),
                       "-" if same else _delta(r.latency_ms, base.latency_ms, fmt="ms")])
@@ -370,8 +391,18 @@ def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: 
         f"{latency_info.get('cpu', platform.machine())}) of the rebuilt model, measured after training, so it is "
         "comparable within this table only; train img/s is the training throughput from metrics.json (mean over "
         "seeds; runs may have shared the machine).", "",
-        *_markdown(*cost_rows(rows)), "",
     ]
+    ort = latency_info.get("ort")
+    if ort is not None:
+        lines[-2] += (
+            f" `ort latency ms` is the same model exported to ONNX by visattn's own exporter (torch dynamo, "
+            f"opset {ort.get('opset', '?')}) and run by onnxruntime {ort.get('version') or '(not installed)'} "
+            f"(`InferenceSession.run`, CPUExecutionProvider, batch 1, intra_op_num_threads = "
+            f"{ort.get('threads', '?')}), timed in the same turns as the eager passes; median likewise.")
+    lines += [*_markdown(*cost_rows(rows, ort=ort is not None)), ""]
+    if ort is not None and ort_footnotes(rows):
+        lines += [*(f"[{k}] ort latency n/a: {note}" + ("  " if k < len(ort_footnotes(rows)) else "")
+                    for k, note in enumerate(ort_footnotes(rows), start=1)), ""]
     if collapsed:
         lines += ["## Collapsed runs", "", *(f"- `{r.plan.run_id}`: {r.collapse_reason}" for r in collapsed), ""]
     failed = [r for r in results if r.status == "failed"]
@@ -393,7 +424,8 @@ def print_table(rows: list[ConfigSummary], metric: str, *, title: str) -> None:
     from rich.table import Table
 
     console = Console()
-    for caption, (header, cells) in ((title, accuracy_rows(rows, metric)), ("cost", cost_rows(rows))):
+    with_ort = any(r.ort_latency_ms is not None or r.ort_note for r in rows)
+    for caption, (header, cells) in ((title, accuracy_rows(rows, metric)), ("cost", cost_rows(rows, ort=with_ort))):
         table = Table(title=caption)
         for i, column in enumerate(header):
             table.add_column(column, justify="left" if i in (0, len(header) - 1) else "right", no_wrap=True)
@@ -433,14 +465,62 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def ort_available() -> str | None:
+    """None when onnxruntime, onnx and onnxscript (the ``[export]`` extra) import, else why not."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        return f"the [export] extra is not installed ({err}); pip install 'visattn[export]'"
+    return None
+
+
+def ort_session(model: Any, size: tuple[int, int, int, int], folder: Path, *,
+                threads: int) -> tuple[Any, dict[str, Any]]:
+    """An onnxruntime session of ``model`` exported by visattn's exporter (static batch 1) into ``folder``."""
+    import onnxruntime as ort
+    import torch
+
+    from visattn.export import DEFAULT_OPSET, export_onnx
+
+    model.eval()
+    example = torch.randn(*size)
+    with torch.no_grad():
+        out = model(example)
+    outputs = len(out) if isinstance(out, (tuple, list)) else 1  # detectors give several tensors
+    names = ("logits",) if outputs == 1 else tuple(f"output{i}" for i in range(outputs))
+    export_onnx(model, example, folder / "model.onnx", dynamic_batch=False, opset=DEFAULT_OPSET, output_names=names)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return session, {"x": example.numpy()}
+
+
+def time_ort(session: Any, feed: dict[str, Any], *, warmup: int, repeats: int) -> float:
+    """Median ms of ``repeats`` ``session.run`` calls after ``warmup`` untimed ones."""
+    times = []
+    for step in range(warmup + repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        if step >= warmup:
+            times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int = 1, rounds: int = 5,
-                      repeats: int = 6) -> tuple[dict[str, float], dict[str, Any]]:
+                      repeats: int = 6, ort: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
     """Median batch-1 CPU latency (ms) of each configuration with a finished run; cached in ``latency.json``.
 
     ``threads``: torch threads while timing. One by default: a multi-threaded batch-1 pass of a small model
     is mostly thread synchronisation, and on a shared machine it degrades by 10-100x for models with many
     small ops (measured: CBAM 6.7 ms alone, 530 ms under load). The models are timed in turns (``rounds`` x
     ``repeats`` passes each, median of the round medians) so a slow spell is spread over all of them.
+
+    ``ort``: also time each model exported to ONNX under onnxruntime (same threads, in the same turns), into
+    ``info["ort"]`` (``ms``, ``notes`` per configuration, or ``unavailable``). A missing extra or a failed
+    export leaves a note, never an error: the column is a convenience, the sweep's results are not.
     """
     import torch
 
@@ -448,9 +528,23 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int
 
     path = sweep_dir / "latency.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
-    if (cache.get("_info") or {}).get("threads") != threads:
-        cache = {}  # timed with another thread count: not comparable
+    cached = cache.get("_info") or {}
+    if cached.get("threads") != threads or (ort and "ort" not in cached):
+        cache = {}  # timed with another thread count, or without onnxruntime: not comparable
     info = cache.get("_info") or {"threads": threads, "repeats": rounds * repeats, "cpu": cpu_name()}
+    if ort and "ort" not in info:
+        missing = ort_available()
+        if missing is None:
+            import onnxruntime
+
+            from visattn.export import DEFAULT_OPSET
+
+            info["ort"] = {"version": onnxruntime.__version__, "threads": threads, "opset": DEFAULT_OPSET,
+                           "ms": {}, "notes": {}}
+        else:
+            info["ort"] = {"version": None, "threads": threads, "unavailable": missing, "ms": {}, "notes": {}}
+    if not ort:
+        info.pop("ort", None)
     out: dict[str, float] = {k: v for k, v in cache.items() if k != "_info"}
     todo: dict[str, tuple[Any, tuple[int, int, int, int]]] = {}
     for r in results:
@@ -461,15 +555,32 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int
                 print(f"visattn: no latency for {r.plan.config}: cannot rebuild {r.plan.run_id}: {err}",
                       file=sys.stderr)
     medians: dict[str, list[float]] = {config: [] for config in todo}
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(rounds if todo else 0):
+    ort_medians: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="visattn-ort-") as scratch:
+        sessions: dict[str, tuple[Any, dict[str, Any]]] = {}
+        if ort and not info["ort"].get("unavailable"):
             for config, (model, size) in todo.items():
-                timing = measure_latency(model, input_size=size, warmup=2, repeats=repeats, device="cpu")
-                medians[config].append(timing["median_ms"])
-    finally:
-        torch.set_num_threads(before)
+                folder = Path(scratch) / f"m{len(sessions) + len(info['ort']['notes'])}"
+                folder.mkdir()
+                try:
+                    sessions[config] = ort_session(model, size, folder, threads=threads)
+                    ort_medians[config] = []
+                except Exception as err:  # any exporter or runtime failure: a footnote, not a failed sweep
+                    info["ort"]["notes"][config] = f"export failed: {type(err).__name__}: {str(err)[:300]}"
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(rounds if todo else 0):
+                for config, (model, size) in todo.items():
+                    timing = measure_latency(model, input_size=size, warmup=2, repeats=repeats, device="cpu")
+                    medians[config].append(timing["median_ms"])
+                    if config in sessions:
+                        ort_medians[config].append(time_ort(*sessions[config], warmup=2, repeats=repeats))
+        finally:
+            torch.set_num_threads(before)
+        del sessions
     out.update({config: statistics.median(values) for config, values in medians.items()})
+    if ort:
+        info["ort"]["ms"].update({config: statistics.median(v) for config, v in ort_medians.items() if v})
     path.write_text(json.dumps({"_info": info, **out}, indent=2))
     return out, info

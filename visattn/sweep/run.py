@@ -45,6 +45,7 @@ from visattn.sweep.report import (
     collect,
     measure_latencies,
     metric_value,
+    ort_available,
     print_table,
     summarize,
     write_results_csv,
@@ -225,12 +226,16 @@ def to_run(sweep_dir: Path, plans: list[RunPlan], *, retry_failed: bool) -> list
 def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | None = None, executor: str = "local",
               workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0,
               gpus_per_run: float = 0.0, threads_per_run: int | None = None, retry_failed: bool = True,
-              overwrite: bool = False, latency_threads: int = 1, echo: bool = True) -> SweepResult:
+              overwrite: bool = False, latency_threads: int = 1, ort_latency: bool | None = None,
+              echo: bool = True) -> SweepResult:
     """Train every grid point not finished yet in ``<out>/<name>`` and write the results, summary and plots.
 
     Started again with the same spec, it skips finished runs and resumes unfinished ones from their last
     checkpoint; a different spec in the same directory is refused unless ``overwrite``, which empties it, and only
     if it is a sweep directory (holds the marker file): see :func:`claim_sweep_dir`.
+
+    ``ort_latency``: add an onnxruntime latency column next to the eager one (None: when the ``[export]`` extra
+    is installed; True without it gives n/a cells saying why).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -282,7 +287,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
                 import ray
 
                 ray.shutdown()
-        return _report(sweep_dir, spec, plans, latency_threads=latency_threads, echo=echo)
+        return _report(sweep_dir, spec, plans, latency_threads=latency_threads, ort_latency=ort_latency, echo=echo)
 
 
 def _checked(sweep_dir: Path, result: RunResult) -> RunResult:
@@ -294,23 +299,24 @@ def _checked(sweep_dir: Path, result: RunResult) -> RunResult:
 
 
 def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_threads: int = 1,
-                 echo: bool = True) -> SweepResult:
+                 ort_latency: bool | None = None, echo: bool = True) -> SweepResult:
     """Rewrite the tables and plots of an existing sweep directory (e.g. with another metric) without training."""
     sweep_dir = Path(sweep_dir)
     spec, plans = read_sweep_file(sweep_dir)
     if metric:
         spec.metric = metric
-    return _report(sweep_dir, spec, plans, latency_threads=latency_threads, echo=echo)
+    return _report(sweep_dir, spec, plans, latency_threads=latency_threads, ort_latency=ort_latency, echo=echo)
 
 
 def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_threads: int,
-            echo: bool) -> SweepResult:
+            ort_latency: bool | None, echo: bool) -> SweepResult:
     metric = spec.metric_name
     results = [_checked(sweep_dir, r) for r in collect(sweep_dir, plans, metric)]
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
         raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
-    latency, info = measure_latencies(sweep_dir, results, threads=latency_threads)
-    rows = summarize(results, latency, metric=metric)
+    ort = ort_available() is None if ort_latency is None else ort_latency
+    latency, info = measure_latencies(sweep_dir, results, threads=latency_threads, ort=ort)
+    rows = summarize(results, latency, metric=metric, ort=info.get("ort"))
     write_results_csv(results, sweep_dir / "results.csv", metric)
     plots = write_plots(rows, results, sweep_dir, metric)
     name = sweep_dir.name
