@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from visattn.perf import cpu_model
 from visattn.sweep.execute import read_status, run_dir_of
 from visattn.sweep.grid import RunPlan
 from visattn.sweep.stats import (
@@ -455,16 +456,6 @@ def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
     return model, (1, in_chans, size, size)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def ort_available() -> str | None:
     """None when onnxruntime, onnx and onnxscript (the ``[export]`` extra) import, else why not."""
     try:
@@ -531,7 +522,7 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int
     cached = cache.get("_info") or {}
     if cached.get("threads") != threads or (ort and "ort" not in cached):
         cache = {}  # timed with another thread count, or without onnxruntime: not comparable
-    info = cache.get("_info") or {"threads": threads, "repeats": rounds * repeats, "cpu": cpu_name()}
+    info = cache.get("_info") or {"threads": threads, "repeats": rounds * repeats, "cpu": cpu_model()}
     if ort and "ort" not in info:
         missing = ort_available()
         if missing is None:
