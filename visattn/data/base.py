@@ -38,6 +38,23 @@ def check(ok: bool, owner: str, arg: str, allowed: str, value: object) -> None:
         raise DataError(str(err)) from None
 
 
+def check_module_args(owner: str, *, img_size: object, min_img_size: int, batch_size: object, num_workers: object,
+                      seed: object, skip_bad_images: object, limit: object) -> None:
+    """The arguments both tasks' data modules take, checked alike."""
+
+    def is_int(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    ok = is_int(img_size) and min_img_size <= img_size <= 4096
+    check(ok, owner, "img_size", f"an int in {min_img_size}..4096", img_size)
+    check(is_int(batch_size) and batch_size >= 1, owner, "batch_size", "an int >= 1", batch_size)
+    ok = num_workers is None or (is_int(num_workers) and num_workers >= 0)
+    check(ok, owner, "num_workers", "None (automatic) or an int >= 0", num_workers)
+    check(is_int(seed) and seed >= 0, owner, "seed", "an int >= 0", seed)
+    check(isinstance(skip_bad_images, bool), owner, "skip_bad_images", "a bool", skip_bad_images)
+    check(limit is None or (is_int(limit) and limit >= 1), owner, "limit", "None or an int >= 1", limit)
+
+
 def nearest(name: str, choices: Sequence[str]) -> str:
     """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -22,6 +22,7 @@ from visattn.data.base import (
     DataSource,
     EpochSampler,
     check,
+    check_module_args,
     check_options,
     nearest,
 )
@@ -126,17 +127,8 @@ class ClassificationDataModule(L.LightningDataModule):
         except (KeyError, TypeError) as err:
             raise DataError(str(err.args[0])) from None
         owner = "ClassificationDataModule"
-
-        def is_int(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        check(is_int(img_size) and 8 <= img_size <= 4096, owner, "img_size", "an int in 8..4096", img_size)
-        check(is_int(batch_size) and batch_size >= 1, owner, "batch_size", "an int >= 1", batch_size)
-        ok = num_workers is None or (is_int(num_workers) and num_workers >= 0)
-        check(ok, owner, "num_workers", "None (automatic) or an int >= 0", num_workers)
-        check(is_int(seed) and seed >= 0, owner, "seed", "an int >= 0", seed)
-        check(isinstance(skip_bad_images, bool), owner, "skip_bad_images", "a bool", skip_bad_images)
-        check(limit is None or (is_int(limit) and limit >= 1), owner, "limit", "None or an int >= 1", limit)
+        check_module_args(owner, img_size=img_size, min_img_size=8, batch_size=batch_size, num_workers=num_workers,
+                          seed=seed, skip_bad_images=skip_bad_images, limit=limit)
         ok = dataset_options is None or isinstance(dataset_options, Mapping)
         check(ok, owner, "dataset_options", "None or a mapping", dataset_options)
 

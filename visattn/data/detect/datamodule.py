@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from visattn.data.base import SPLITS, DataError, check, nearest
+from visattn.data.base import SPLITS, DataError, check, check_module_args, nearest
 from visattn.data.datamodule import default_num_workers, split_loader
 from visattn.data.detect.dataset import DetectionDataset, detection_collate
 from visattn.data.detect.readers import DetectionRecord, DetectionSource, decode_image, read_coco, read_yolo
@@ -110,17 +110,8 @@ class DetectionDataModule(L.LightningDataModule):
         except (KeyError, TypeError) as err:
             raise DataError(str(err.args[0])) from None
         owner = "DetectionDataModule"
-
-        def is_int(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
-
-        check(is_int(img_size) and 32 <= img_size <= 4096, owner, "img_size", "an int in 32..4096", img_size)
-        check(is_int(batch_size) and batch_size >= 1, owner, "batch_size", "an int >= 1", batch_size)
-        ok = num_workers is None or (is_int(num_workers) and num_workers >= 0)
-        check(ok, owner, "num_workers", "None (automatic) or an int >= 0", num_workers)
-        check(is_int(seed) and seed >= 0, owner, "seed", "an int >= 0", seed)
-        check(isinstance(skip_bad_images, bool), owner, "skip_bad_images", "a bool", skip_bad_images)
-        check(limit is None or (is_int(limit) and limit >= 1), owner, "limit", "None or an int >= 1", limit)
+        check_module_args(owner, img_size=img_size, min_img_size=32, batch_size=batch_size, num_workers=num_workers,
+                          seed=seed, skip_bad_images=skip_bad_images, limit=limit)
         ok = cache_images is None or isinstance(cache_images, bool)
         check(ok, owner, "cache_images", "None (automatic) or a bool", cache_images)
         ok = data_dir is None or isinstance(data_dir, (str, os.PathLike))
