@@ -73,6 +73,22 @@ def test_different_grid_in_same_directory_is_refused(tmp_path):
     other = make_spec({"attn": "none,eca", "train": {"epochs": 1}}, {})
     with pytest.raises(ConfigError, match="--overwrite"):
         check_sweep_file(tmp_path, other, expand(other))
+    changed = make_spec({"attn": "none,se", "train": {"epochs": 2}}, {})
+    with pytest.raises(ConfigError, match="runs with changed settings"):
+        check_sweep_file(tmp_path, changed, expand(changed))
+
+
+def test_a_sweep_grows_by_seeds_and_configurations_but_never_drops_runs(tmp_path):
+    spec = make_spec({"attn": "none,se", "seeds": 2, "train": {"epochs": 1}}, {})
+    assert check_sweep_file(tmp_path, spec, expand(spec)) == []
+    more = make_spec({"attn": "none,se,eca", "seeds": 3, "train": {"epochs": 1}}, {})
+    added = check_sweep_file(tmp_path, more, expand(more))
+    assert sorted(added) == sorted({p.run_id for p in expand(more)} - {p.run_id for p in expand(spec)})
+    assert len(added) == 3 * 3 - 2 * 2
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(stored["runs"]) == 9 and stored["spec"]["seeds"] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="runs only in the old grid"):  # back to fewer seeds: refused
+        check_sweep_file(tmp_path, spec, expand(spec))
 
 
 def test_unfinished_runs_resume_from_last_checkpoint(tmp_path):
@@ -204,8 +220,8 @@ def test_same_command_again_trains_nothing(killed_and_resumed):
                       ort_latency=False)
     assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("runs/*/metrics.json")} == before
     assert [r.values for r in again.summary] == [r.values for r in killed_and_resumed["result"].summary]
-    with pytest.raises(ConfigError, match="different sweep"):
-        run_sweep(make_spec({**SWEEP, "seeds": 3}, {}), out=sweep_dir.parent, name="tiny", echo=False)
+    with pytest.raises(ConfigError, match="different sweep"):  # seed 0 dropped: refused before any training
+        run_sweep(make_spec({**SWEEP, "seeds": "1,2"}, {}), out=sweep_dir.parent, name="tiny", echo=False)
 
 
 def cost_row(summary: str, first_cell: str) -> str:

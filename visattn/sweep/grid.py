@@ -347,27 +347,32 @@ def check_grid(plans: Sequence[RunPlan]) -> None:
         raise ConfigError(f"the sweep grid has {len(problems)} problem(s), so nothing was run: {' '.join(items)}")
 
 
-def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan]) -> None:
-    """Write ``sweep.json``, or refuse when the directory holds a different grid."""
+def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan]) -> list[str]:
+    """Write ``sweep.json``; returns the run ids this grid adds to the one already there (more seeds or more
+    configurations, every earlier run unchanged), and refuses a grid that drops or changes an earlier run."""
     path = sweep_dir / "sweep.json"
     new = json.loads(json.dumps({p.run_id: p.values for p in plans}))
+    added: list[str] = []
     if path.is_file():
         old_plans = json.loads(path.read_text()).get("runs", [])
         old = {p["run_id"]: p["values"] for p in old_plans}
-        if old != new:
-            only_old = sorted(set(old) - set(new))
+        only_old = sorted(set(old) - set(new))
+        changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+        if only_old or changed:
             only_new = sorted(set(new) - set(old))
-            changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
             parts = [f"{what}: {', '.join(ids[:4])}{' ...' if len(ids) > 4 else ''}" for what, ids in
                      (("runs only in the old grid", only_old), ("runs only in the new grid", only_new),
                       ("runs with changed settings", changed)) if ids]
-            raise ConfigError(f"{sweep_dir} holds a different sweep ({'; '.join(parts)}). Pass --name to start a "
+            raise ConfigError(f"{sweep_dir} holds a different sweep ({'; '.join(parts)}). A sweep can only grow "
+                              "(more seeds or configurations, every earlier run unchanged). Pass --name to start a "
                               "new sweep directory, or --overwrite to delete this one and start again")
+        added = [run_id for run_id in new if run_id not in old]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "metric": spec.metric_name, "spec": asdict(spec), "runs": [p.to_dict() for p in plans]}
     tmp = path.with_name(".sweep.json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
+    return added
 
 
 def read_sweep_file(sweep_dir: Path) -> tuple[SweepSpec, list[RunPlan]]:

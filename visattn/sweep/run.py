@@ -231,8 +231,9 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     """Train every grid point not finished yet in ``<out>/<name>`` and write the results, summary and plots.
 
     Started again with the same spec, it skips finished runs and resumes unfinished ones from their last
-    checkpoint; a different spec in the same directory is refused unless ``overwrite``, which empties it, and only
-    if it is a sweep directory (holds the marker file): see :func:`claim_sweep_dir`.
+    checkpoint. A spec that only adds runs (more seeds, more configurations) grows the sweep; one that drops or
+    changes an earlier run is refused unless ``overwrite``, which empties the directory, and only if it is a sweep
+    directory (holds the marker file): see :func:`claim_sweep_dir`.
 
     ``ort_latency``: add an onnxruntime latency column next to the eager one (None: when the ``[export]`` extra
     is installed; True without it gives n/a cells saying why).
@@ -253,7 +254,10 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
         raise ConfigError("--executor ray needs Ray: pip install 'visattn[sweep]' (or pip install 'ray[default]')")
     say = print if echo else (lambda *a, **k: None)
     with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
-        check_sweep_file(sweep_dir, spec, plans)
+        added = check_sweep_file(sweep_dir, spec, plans)
+        if added:
+            say(f"sweep {sweep_dir}: the grid grows by {len(added)} run(s) ({', '.join(added[:4])}"
+                f"{' ...' if len(added) > 4 else ''}); the earlier runs are kept", flush=True)
         pending = to_run(sweep_dir, plans, retry_failed=retry_failed)
         done = sum(is_done(sweep_dir, p.run_id) for p in plans)
         started_ray = False
