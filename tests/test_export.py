@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import visattn
+from visattn.build import list_slots
 from visattn.config import make_config
 from visattn.export import ExportError, ModelSpec, export_model, export_run
 from visattn.predict import predict_folder
@@ -16,7 +17,7 @@ from visattn.train import train
 
 FAMILIES = {
     "resnet18": (64, {"base_width": 8}),  # 64: the last stage is 2x2 (STN on a 1x1 map does not export)
-    "vit_tiny": (32, {"patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}),
+    "vit_tiny": (32, {"patch_size": 8, "depth": 6, "embed_dim": 32, "num_heads": 2}),  # a slot for each block
     # 64x64 with patch 2 and window 4: stage maps 32x32 and 16x16, so shifted windows and the shift mask run
     "swin_t": (64, {"patch_size": 2, "window_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2]}),
 }
@@ -50,12 +51,28 @@ def check_export(tmp_path: Path, backbone: str, attn, size: int, args: dict) -> 
     return report
 
 
-@pytest.mark.parametrize("block", visattn.list_attention())
+def every_block_once(model: torch.nn.Module) -> list[dict[str, str]]:
+    """An attn spec that puts each block in a slot of its own: STN on the input, the others round the inner slots.
+
+    One export per family then covers every block in that family: the dynamo ONNX exporter costs seconds per
+    graph, and a failing block is named by its slot's module path in the error."""
+    blocks = [b for b in visattn.list_attention() if b not in ("none", "stn")]
+    inner = [s.name for s in list_slots(model) if s.name != "input"]
+    if len(inner) < len(blocks):
+        raise ValueError(f"{len(inner)} slots cannot hold the {len(blocks)} blocks {blocks}")
+    spec = [{"block": "stn", "at": "input"}]
+    return spec + [{"block": block, "at": slot} for block, slot in zip(blocks, inner, strict=False)]
+
+
+@pytest.mark.parametrize("which", ["none", "every block"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_and_block_exports(tmp_path, family, block):
+def test_every_family_and_block_exports(tmp_path, family, which):
     size, args = FAMILIES[family]
-    attn = block if family != "resnet18" else [{"block": block}, {"block": "stn", "at": "input"}]
+    attn = "none" if which == "none" else every_block_once(spec_for(family, "none", size, args).build())
     check_export(tmp_path, family, attn, size, args)
+    if which != "none":
+        filled = {s.block for s in list_slots(spec_for(family, attn, size, args).build()) if s.block}
+        assert filled == set(visattn.list_attention()) - {"none"}
 
 
 @pytest.mark.parametrize("backbone", sorted(OTHER_BACKBONES))

@@ -11,6 +11,7 @@ import torch
 from torchvision.ops import batched_nms
 
 import visattn
+from visattn.build import list_slots
 from visattn.config import make_config
 from visattn.detect import DetectorWithNMS, split_detections
 from visattn.export import ExportError, ModelSpec, export_model, export_run
@@ -91,10 +92,16 @@ def test_detector_exports_with_nms_in_onnx(tmp_path, backbone):
     assert [o.name for o in graph.graph.output] == ["decoded", "detections"]
 
 
-@pytest.mark.parametrize("block", [b for b in visattn.list_attention() if b != "cbam"])  # cbam: above
-def test_every_block_in_the_neck_exports(tmp_path, block):
+def test_every_block_in_the_neck_exports(tmp_path):
+    """Every block (cbam: above) in a neck slot of its own, one export: the dynamo exporter costs seconds per
+    graph, and a failing block is named by its slot's module path in the error."""
     size, args = DETECTORS["csp_n"]
-    spec = detect_spec("csp_n", block, size, args, conf_threshold=0.2)
+    blocks = [b for b in visattn.list_attention() if b not in ("none", "cbam")]
+    neck_slots = [s.name for s in list_slots(detect_spec("csp_n", "none", size, args).build())
+                  if s.name.startswith("neck.")]
+    attn = [{"block": block, "at": slot} for block, slot in zip(blocks, neck_slots, strict=False)]
+    spec = detect_spec("csp_n", attn, size, args, conf_threshold=0.2)
+    assert {s.block for s in list_slots(spec.build()) if s.block} == set(blocks)
     torch.manual_seed(0)
     model = spec.build().eval()
     spread_scores(model)
