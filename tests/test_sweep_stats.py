@@ -247,3 +247,21 @@ def test_detection_set_without_test_split_warns_and_says_test_is_val(tmp_path, w
         with pytest.warns(UserWarning, match="no test split: the val split stands in"):
             dm.setup("fit")
         assert dm.test_is_val is True
+
+
+def test_summary_says_which_configurations_were_still_learning(tmp_path):
+    curves = {"resnet18/none": [[0.3, 0.80, 0.861, 0.864, 0.866], [0.3, 0.79, 0.853, 0.858, 0.86]],
+              "resnet18/mhsa": [[0.1, 0.30, 0.50, 0.60, 0.70], [0.1, 0.35, 0.55, 0.62, 0.71]]}
+    plans = []
+    for config, vals in curves.items():
+        for seed, val in enumerate(vals):
+            run_id = f"{config.replace('/', '-')}-s{seed}"
+            plans.append(RunPlan(run_id, config, "grid", "resnet18", config.split("/")[1], {}, seed, {},
+                                 "resnet18/none"))
+            fake_run(tmp_path, run_id, acc=val[-1], val=val)
+    results = collect(tmp_path, plans, "test.acc")
+    summary = write_summary_md(summarize(results, {}), results, tmp_path / "summary.md", name="x",
+                               metric="test.acc", latency_info={}, plots=[])
+    section = summary.split("## Trained to the end?", 1)[1]
+    assert "| resnet18/none | 2 | 5 | 85.70 / 86.10 / 86.30 | +0.60 | flat |" in section
+    assert "| resnet18/mhsa | 2 | 5 | 52.50 / 61.00 / 70.50 | +18.00 | still rising |" in section

@@ -171,14 +171,15 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
                   "CPUs/GPUs allow given --cpus-per-run/--gpus-per-run", file=sys.stderr)
 
         def stop(signum: int, frame: Any) -> None:
-            """SIGTERM: end the runs in progress (they resume next time) and leave as Ctrl-C does."""
+            """SIGTERM or SIGINT: end the runs in progress (they resume next time) and leave. Without this a
+            SIGINT sent to the sweep alone (not Ctrl-C's whole process group) waited for the runs to finish."""
             import multiprocessing
 
             for child in multiprocessing.active_children():
                 child.terminate()
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             workers = default_workers() if args.workers is None else args.workers
             result = run_sweep(spec, out=args.out, executor=args.executor, workers=workers,
@@ -190,7 +191,8 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
             print("\ninterrupted: run the same command again to continue the sweep", file=sys.stderr)
             return 130
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     failed = [r for r in result.results if r.status == "failed"]
     if failed:
         reasons = "; ".join(f"{r.plan.run_id}: {r.error[:200]}" for r in failed[:10])

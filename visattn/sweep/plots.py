@@ -11,8 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from visattn.sweep.execute import run_dir_of
-from visattn.sweep.report import ConfigSummary, RunResult, metric_scale
+from visattn.sweep.report import ConfigSummary, RunResult, metric_scale, val_curve
 from visattn.sweep.stats import is_bounded, val_key
 
 FILES = ("metric_vs_macs.png", "metric_per_block.png", "curves.png")
@@ -193,8 +192,6 @@ def metric_per_block(rows: list[ConfigSummary], path: Path, metric: str) -> None
 
 def curves(results: list[RunResult], sweep_dir: Path, path: Path, metric: str) -> None:
     """Validation metric per epoch: thin lines per seed (dashed when collapsed), a thick line for the mean."""
-    from visattn.train import read_metrics_csv
-
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -204,10 +201,7 @@ def curves(results: list[RunResult], sweep_dir: Path, path: Path, metric: str) -
     for r in results:
         if r.status != "ok":
             continue
-        series: dict[int, float] = {}
-        for row in read_metrics_csv(run_dir_of(sweep_dir, r.plan.run_id)):
-            if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
-                series[int(row["epoch"]) + 1] = float(row[key])  # epochs trained; a resumed epoch's later value wins
+        series = val_curve(sweep_dir, r.plan.run_id, key)
         if series:
             per_config[r.plan.config].append((series, r.collapsed))
     any_collapsed = False

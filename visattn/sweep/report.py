@@ -30,6 +30,7 @@ from visattn.sweep.stats import (
     holm,
     is_bounded,
     metric_leaf,
+    val_key,
     verdict,
     wilson,
 )
@@ -374,6 +375,48 @@ def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
     return lines
 
 
+# A mean val metric that moved by more than this over the last two epochs (points of %; % of its value for
+# unbounded metrics) was still moving when training stopped.
+FLAT_POINTS = 1.0
+
+
+def val_curve(sweep_dir: Path, run_id: str, key: str) -> dict[int, float]:
+    """A run's validation metric by epochs trained, from its metrics.csv (a resumed epoch's later value wins)."""
+    from visattn.train import read_metrics_csv
+
+    series: dict[int, float] = {}
+    for row in read_metrics_csv(run_dir_of(sweep_dir, run_id)):
+        if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+            series[int(row["epoch"]) + 1] = float(row[key])
+    return series
+
+
+def convergence_rows(results: list[RunResult], sweep_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Per configuration, the mean validation metric of its non-collapsed seeds at the last three epochs, and
+    whether it was flat over the last two: a configuration still rising when training stopped is under-trained,
+    and its test metric says what this budget gives, not what the block can give."""
+    key = val_key(metric)
+    scale, unit = metric_scale(metric)
+    per_config: dict[str, list[dict[int, float]]] = {}
+    for r in results:
+        if r.status == "ok" and not r.collapsed:
+            per_config.setdefault(r.plan.config, []).append(val_curve(sweep_dir, r.plan.run_id, key))
+    header = ["configuration", "seeds", "epochs", f"{key}{unit} (last three epochs)", "change over the last two",
+              "trained?"]
+    cells = []
+    for config, curves in per_config.items():
+        epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if len(epochs) < 3:
+            continue
+        means = [statistics.fmean(c[e] for c in curves) * scale for e in epochs[-3:]]
+        change = means[-1] - means[0]
+        limit = FLAT_POINTS if scale == 100.0 else abs(means[-1]) * FLAT_POINTS / 100
+        state = "flat" if abs(change) <= limit else "still rising" if change > 0 else "falling"
+        cells.append([config, str(len(curves)), str(epochs[-1]), " / ".join(f"{m:.2f}" for m in means),
+                      f"{change:+.2f}", state])
+    return header, cells
+
+
 def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: Path, *, name: str, metric: str,
                      latency_info: dict[str, Any], plots: list[str]) -> str:
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "pending")}
@@ -404,6 +447,14 @@ def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: 
     if ort is not None and ort_footnotes(rows):
         lines += [*(f"[{k}] ort latency n/a: {note}" + ("  " if k < len(ort_footnotes(rows)) else "")
                     for k, note in enumerate(ort_footnotes(rows), start=1)), ""]
+    header, cells = convergence_rows(results, path.parent, metric)  # summary.md sits in the sweep directory
+    if cells:
+        limit = f"{FLAT_POINTS:g} point" if metric_scale(metric)[0] == 100.0 else f"{FLAT_POINTS:g} %"
+        lines += ["## Trained to the end?", "",
+                  f"Mean `{val_key(metric)}` over the seeds that did not collapse at the last three epochs. \"flat\": "
+                  f"it moved by at most {limit} over the last two epochs; a configuration still rising when training "
+                  "stopped is under-trained at this budget, so its test metric says what the budget gives, not what "
+                  "the block can give.", "", *_markdown(header, cells), ""]
     if collapsed:
         lines += ["## Collapsed runs", "", *(f"- `{r.plan.run_id}`: {r.collapse_reason}" for r in collapsed), ""]
     failed = [r for r in results if r.status == "failed"]
