@@ -316,3 +316,11 @@ def test_a_signal_stops_the_sweep_and_its_processes(tmp_path, signum):
         time.sleep(0.2)
     assert not [pid for pid in children if alive(pid)]
     assert "run the same command again" in (tmp_path / "log").read_text()
+
+
+def test_a_default_shared_by_every_configuration_is_noted_once(capsys):
+    spec = make_spec({"attn": "none,se,eca", "train": {"epochs": 1}}, {})  # no lr or weight decay given
+    expand(spec)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "default" in line]
+    assert lines and len(lines) == len(set(lines))
+    assert any("weight_decay" in line for line in lines)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config
+from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config, notice
 from visattn.registry import did_you_mean
 from visattn.rundir import check_name
 
@@ -232,8 +232,11 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     clashes = sorted({i for i in ids if ids.count(i) > 1})
     if clashes:
         raise ConfigError(f"two grid points map to the same run directory {clashes}; give the attn entries labels")
-    for plan in plans[: len(configs)]:  # types and ranges of every configuration, before anything is trained
-        make_config({}, {**plan.values, "out": "."}, source=f"sweep run {plan.run_id}")
+    with held_notices() as held:  # types and ranges of every configuration, before anything is trained
+        for plan in plans[: len(configs)]:
+            make_config({}, {**plan.values, "out": "."}, source=f"sweep run {plan.run_id}")
+    for text in dict.fromkeys(held):  # a default shared by every configuration is noted once, not per configuration
+        notice(text)
     return plans
 
 
