@@ -1,4 +1,5 @@
-"""The attention blocks' forward code as it was before issue 21's speed work, for side-by-side timing.
+"""The attention blocks' forward code as it was before issue 21's speed work (main at the identity-init commit
+7c66dbb), for side-by-side timing.
 
 ``apply_variant(model, "before")`` switches every SE / ECA / CBAM-half / STN / MHSA module of ``model`` to a
 subclass whose methods are verbatim copies of the old ones (same parameters, same state dict), so
@@ -17,6 +18,7 @@ from visattn.attention.eca import EfficientChannelAttention
 from visattn.attention.mhsa import MultiHeadSelfAttention2d
 from visattn.attention.se import SqueezeExcite
 from visattn.attention.stn import SpatialTransformer
+from visattn.layers.gate import gate
 from visattn.layers.record import attention_probs, record
 
 
@@ -44,7 +46,7 @@ class OldSqueezeExcite(SqueezeExcite):
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-            return torch.sigmoid(self.fc2(self.act(self.fc1(squeezed))))  # (B, C, 1, 1)
+            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init, getattr(self, "alpha", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -57,7 +59,8 @@ class OldEfficientChannelAttention(EfficientChannelAttention):
         batch = x.shape[0]
         with full_precision(x) as x:
             squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
-            return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+            logits = self.conv(squeezed).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+            return gate(logits, self.init, getattr(self, "alpha", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -70,7 +73,7 @@ class OldChannelGate(ChannelGate):
         with full_precision(x) as x:
             avg = self.mlp(x.mean((2, 3)))  # (B, C)
             mx = self.mlp(x.amax((2, 3)))  # (B, C)
-            return torch.sigmoid(avg + mx)[:, :, None, None]  # (B, C, 1, 1)
+            return gate(avg + mx, self.init, getattr(self, "alpha", None))[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -82,7 +85,7 @@ class OldSpatialGate(SpatialGate):
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-            return torch.sigmoid(self.bn(self.conv(pooled)))  # (B, 1, H, W)
+            return gate(self.bn(self.conv(pooled)), self.init, getattr(self, "alpha", None))  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)
