@@ -7,7 +7,8 @@ the block in its neck outputs at 160 px / batch 16) this times, alternating in o
 - batch-1 inference (``eval()``, ``torch.inference_mode``; the detector's network, ``forward_raw``),
 
 in fp32 and under bf16 autocast, for the plain model and each block. Every repeat times every (model, precision)
-in turn (in reverse order every other repeat), so a burst of load from another process hits them alike. For each block and repeat:
+in turn (in reverse order every other repeat), so a burst of load from another process hits them alike. For each
+block and repeat:
 
 - time share  = (t_block - t_plain) / t_block, the share of the step the block accounts for;
 - FLOP share  = (MACs_block - MACs_plain) / MACs_block (``visattn.count`` at batch 1; a training step is 3 x the
@@ -17,7 +18,8 @@ in turn (in reverse order every other repeat), so a burst of load from another p
 
 Times are this thread's CPU time by default (``--clock cpu``, 1 thread): on a machine shared with other processes
 the wall time of a step includes the time the thread sat descheduled, which swamps a 3 % difference; the CPU time
-does not (cache and memory-bandwidth contention still show). The table gives each one's median over the repeats with the min-max spread (and the step time's inter-quartile
+does not (cache and memory-bandwidth contention still show). The table gives each one's median over the repeats
+with the min-max spread (and the step time's inter-quartile
 range). ``--variants`` adds alternatives of the same block to the alternation (e.g. ``se:before`` from
 ``benchmarks/tax_before.py``, the blocks as they were before issue 21), so before/after are measured side by side.
 
@@ -56,11 +58,16 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def attn_spec(block: str) -> object:
-    """``stn@input`` -> the flagship's STN on the input image; other names fill the model's default slots."""
+    """``stn@input`` -> the flagship's STN on the input image; other names fill the model's default slots;
+    ``+key=value`` adds a block argument (an int), e.g. ``stn@input+loc_size=32``."""
     if block in ("none", "plain"):
         return None
+    block, *pairs = block.split("+")
     name, _, where = block.partition("@")
-    return {"block": name, "at": where} if where else name
+    args = {key: int(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+    if not where and not args:
+        return name
+    return {"block": name, **({"at": where} if where else {}), **({"args": args} if args else {})}
 
 
 def build(family: str, block: str) -> tuple[nn.Module, Callable[[nn.Module], Callable], int]:
@@ -200,9 +207,12 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--blocks", nargs="+", help="blocks to time (default: every block of the family)")
+    parser.add_argument("--blocks", nargs="+", help="blocks to time (default: every block of the family); "
+                        "block+key=value adds a block argument, e.g. stn@input+loc_size=32")
     parser.add_argument("--variants", nargs="*", default=[], help="block:variant labels timed beside the blocks, "
                         "from benchmarks/tax_before.py (e.g. se:before)")
+    parser.add_argument("--extra", nargs="*", default=[], help="further labels timed when their block is timed, "
+                        "e.g. stn@input+loc_size=32")
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=1, help="training steps per case per repeat (default: 1)")
@@ -229,6 +239,7 @@ def main() -> None:
     for family in args.family:
         blocks = args.blocks or FAMILIES[family]["blocks"]
         labels = ["none", *blocks, *[v for v in args.variants if v.partition(":")[0] in blocks]]
+        labels += [extra for extra in args.extra if extra.partition("+")[0] in blocks]
         cases = [make_case(family, label, channels_last=args.channels_last) for label in labels]
         for mode in args.modes:
             steps = args.steps if mode == "train" else args.infer_steps
