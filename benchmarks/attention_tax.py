@@ -21,7 +21,8 @@ the wall time of a step includes the time the thread sat descheduled, which swam
 does not (cache and memory-bandwidth contention still show). The table gives each one's median over the repeats
 with the min-max spread (and the step time's inter-quartile
 range). ``--variants`` adds alternatives of the same block to the alternation (e.g. ``se:before`` from
-``benchmarks/tax_before.py``, the blocks as they were before issue 21), so before/after are measured side by side.
+``benchmarks/tax_before.py``, the blocks as they were before issue 21, or ``se:compiled``, every block module
+compiled alone with ``torch.compile``), so before/after are measured side by side.
 
     .venv/bin/python benchmarks/attention_tax.py --threads 1                  # both models, every block
     .venv/bin/python benchmarks/attention_tax.py --family classify --blocks se eca --variants se:before eca:before
@@ -108,7 +109,13 @@ class Case:
 def make_case(family: str, label: str, *, channels_last: bool) -> Case:
     block, _, variant = label.partition(":")
     model, forward_of, macs = build(family, block)
-    if variant:
+    if variant == "compiled":  # regional torch.compile: every attention block module alone, the rest eager
+        from visattn.layers import AttentionSlot
+
+        for slot in [m for m in model.modules() if isinstance(m, AttentionSlot)]:
+            for child in slot.children():
+                child.compile()
+    elif variant:
         from tax_before import apply_variant  # benchmarks/tax_before.py: the blocks' earlier implementations
 
         apply_variant(model, variant)
@@ -155,8 +162,12 @@ def measure(cases: list[Case], *, mode: str, repeats: int, steps: int, warmup: i
     times: dict[str, dict[str, list[float]]] = {c.label: {p: [] for p in PRECISIONS} for c in cases}
     for case in cases:
         for precision in PRECISIONS:
+            start = time.perf_counter()
             for _ in range(warmup):
                 getattr(case, mode)[precision]()
+            if case.label.endswith(":compiled"):
+                print(f"{case.label} {mode} {precision}: warm-up with compilation {time.perf_counter() - start:.1f} s "
+                      f"wall", flush=True)
     for repeat in range(repeats):
         for case in cases if repeat % 2 == 0 else cases[::-1]:  # order reversed every other repeat: no drift bias
             for precision in PRECISIONS if repeat % 2 == 0 else PRECISIONS[::-1]:

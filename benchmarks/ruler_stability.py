@@ -24,7 +24,7 @@ import time
 import torch
 
 from visattn import build_model
-from visattn.perf import cpu_model, measure_matmul_peak, precision_dtype, profile_training
+from visattn.perf import PEAK_SIZES, cpu_model, measure_matmul_peak, precision_dtype, profile_training
 
 BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 
@@ -54,6 +54,10 @@ def main() -> None:
     model = build_model("resnet18", num_classes=10, img_size=64, backbone_args={"base_width": 32})
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, this process on core {args.core}, busy loop on core "
           f"{other}, {args.precision}, load average {loadavg()}", flush=True)
+    for name in ("fp32", "bf16"):  # what each size reaches (the old ruler used 2048 alone)
+        rates = {size: measure_matmul_peak(name, sizes=(size,), seconds=0.5, rounds=1) / 1e9 for size in PEAK_SIZES}
+        print(f"{name} best torch.mm GFLOP/s by size (1 thread, other core not loaded by this script): "
+              + ", ".join(f"{size}: {rate:.0f}" for size, rate in rates.items()), flush=True)
     results: dict[str, dict[str, list[float]]] = {c: {"peak": [], "old_peak": [], "gflops": []}
                                                    for c in ("idle", "busy")}
     for _ in range(args.rounds):
