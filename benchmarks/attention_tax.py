@@ -215,6 +215,24 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """Before/after in one table: for each block with a ``:before`` row, both rows' training-step speed and tax."""
+    def cell(row: dict | None, key: str, fmt: str) -> str:
+        return "-" if row is None or row[key] is None else spread(row[key], fmt)
+
+    index = {(r["family"], r["mode"], r["block"], r["precision"]): r for r in rows}
+    lines = ["| model | mode | block | precision | FLOP share | speed vs plain, before | speed vs plain, after | "
+             "tax before | tax after |", "|---|---|---|---|---|---|---|---|---|"]
+    for (family, mode, label, precision), old in index.items():
+        if not label.endswith(":before"):
+            continue
+        new = index.get((family, mode, label[:-len(":before")], precision))
+        lines.append(f"| {family} | {mode} | {label[:-len(':before')]} | {precision} | {100 * old['flop_share']:.2f} % "
+                     f"| {cell(old, 'speed', '.3f')} | {cell(new, 'speed', '.3f')} | {cell(old, 'tax', '.1f')} | "
+                     f"{cell(new, 'tax', '.1f')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -235,7 +253,11 @@ def main() -> None:
                         help="cpu (default): this thread's CPU time, which leaves out the time the thread sat "
                              "descheduled while other processes ran (1 thread only); wall: elapsed time")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--summarize", type=Path, help="print the before/after table of a --json file and exit")
     args = parser.parse_args()
+    if args.summarize:
+        print(summary(json.loads(args.summarize.read_text())["rows"]))
+        return
     torch.set_num_threads(args.threads)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures this thread only: use it with --threads 1 (or --clock wall)")
