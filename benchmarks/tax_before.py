@@ -46,7 +46,7 @@ class OldSqueezeExcite(SqueezeExcite):
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init, getattr(self, "alpha", None))
+            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -60,7 +60,7 @@ class OldEfficientChannelAttention(EfficientChannelAttention):
         with full_precision(x) as x:
             squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
             logits = self.conv(squeezed).view(batch, -1, 1, 1)  # (B, C, 1, 1)
-            return gate(logits, self.init, getattr(self, "alpha", None))
+            return gate(logits, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -73,7 +73,7 @@ class OldChannelGate(ChannelGate):
         with full_precision(x) as x:
             avg = self.mlp(x.mean((2, 3)))  # (B, C)
             mx = self.mlp(x.amax((2, 3)))  # (B, C)
-            return gate(avg + mx, self.init, getattr(self, "alpha", None))[:, :, None, None]  # (B, C, 1, 1)
+            return gate(avg + mx, self.init)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -85,7 +85,7 @@ class OldSpatialGate(SpatialGate):
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-            return gate(self.bn(self.conv(pooled)), self.init, getattr(self, "alpha", None))  # (B, 1, H, W)
+            return gate(self.bn(self.conv(pooled)), self.init)  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)

@@ -42,15 +42,13 @@ class ChannelGate(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.mlp[2])
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         upcast = autocast_on(x)
         with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, C) statistics
             avg = self.mlp(mean_f32(x, (2, 3), upcast=upcast))  # (B, C)
             mx = self.mlp(amax_f32(x, (2, 3), upcast=upcast))  # (B, C)
-            return gate(avg + mx, self.init, getattr(self, "alpha", None))[:, :, None, None]  # (B, C, 1, 1)
+            return gate(avg + mx, self.init)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -78,15 +76,13 @@ class SpatialGate(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.bn)
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         upcast = autocast_on(x)
         with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, 2, H, W) maps
             pooled = torch.cat([amax_f32(x, 1, keepdim=True, upcast=upcast),
                                 mean_f32(x, 1, keepdim=True, upcast=upcast)], dim=1)  # (B, 2, H, W)
-            return gate(self.bn(self.conv(pooled)), self.init, getattr(self, "alpha", None))  # (B, 1, H, W)
+            return gate(self.bn(self.conv(pooled)), self.init)  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)

@@ -15,18 +15,16 @@ from torch import nn
 
 from visattn.layers.helpers import require
 
-GATE_INITS = ("paper", "identity", "identity_alpha")  # PILOT: identity_alpha is x * (1 + a * (g - 1)), a = 0
+GATE_INITS = ("paper", "identity")
 
 
 def check_init(owner: str, init: str) -> None:
     require(init in GATE_INITS, owner, "init", f"one of {list(GATE_INITS)}", init)
 
 
-def gate(logits: torch.Tensor, init: str, alpha: torch.Tensor | None = None) -> torch.Tensor:
+def gate(logits: torch.Tensor, init: str) -> torch.Tensor:
     """``sigmoid(logits)``, or ``2 * sigmoid(logits)`` for ``init="identity"`` (1 where the logits are 0)."""
     weights = torch.sigmoid(logits)
-    if init == "identity_alpha":
-        return 1.0 + alpha.to(weights.dtype) * (weights - 1.0)
     return weights * 2.0 if init == "identity" else weights
 
 
