@@ -56,6 +56,11 @@ def resolution_of(metric: str, test_sizes: Sequence[int | None]) -> float | None
     return None
 
 
+def value_step(values: Sequence[float], resolution: float | None) -> float:
+    """``resolution`` when known, else :data:`FLOAT_RESOLUTION` at the scale of ``values``."""
+    return resolution if resolution else FLOAT_RESOLUTION * max(1.0, max((abs(x) for x in values), default=0.0))
+
+
 def no_spread(values: Sequence[float], resolution: float | None) -> bool:
     """True when ``values`` are equal at the metric's resolution: their sd is below half the smallest sd that
     values on a grid of that step can have when they are not all equal (step / sqrt(n): one value one step off).
@@ -65,8 +70,7 @@ def no_spread(values: Sequence[float], resolution: float | None) -> bool:
         return True
     mean = math.fsum(values) / n
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1))
-    step = resolution if resolution else FLOAT_RESOLUTION * max(1.0, max(abs(x) for x in values))
-    return sd <= 0.5 * step / math.sqrt(n)
+    return sd <= 0.5 * value_step(values, resolution) / math.sqrt(n)
 
 
 def val_key(metric: str) -> str:
@@ -90,6 +94,7 @@ class Comparison:
     p_adj: float | None = None  # after Holm's adjustment over the baseline's family
     family: int = 1  # comparisons with a p-value in that family (m)
     mdd_holm: float | None = None  # minimum detectable difference at alpha / family: what the verdict can see
+    step: float = 0.0  # the metric's resolution the comparison used: a |diff| below half of it is no difference
 
     @property
     def label(self) -> str:
@@ -137,7 +142,8 @@ def compare(values: Mapping[int, float], base: Mapping[int, float], *, alpha: fl
             # the same difference on every seed, up to the metric's resolution: no p-value (scipy would give ~0)
             p = math.nan if no_spread(d, resolution) else float(ttest_rel(a, b).pvalue)
             return Comparison("paired", (n, n), mean, (mean - half, mean + half), None if math.isnan(p) else p,
-                              min_detectable(se, n - 1, alpha=alpha, power=power), se, n - 1)
+                              min_detectable(se, n - 1, alpha=alpha, power=power), se, n - 1,
+                              step=value_step(a + b, resolution))
         if len(values) < 2 or len(base) < 2:
             return None
         a, b = list(values.values()), list(base.values())
@@ -156,7 +162,7 @@ def compare(values: Mapping[int, float], base: Mapping[int, float], *, alpha: fl
     se = math.sqrt(share_a + share_b)
     df = (share_a + share_b) ** 2 / (share_a ** 2 / (na - 1) + share_b ** 2 / (nb - 1)) if se > 0 else na + nb - 2
     return Comparison("Welch", (na, nb), diff, ci, None if math.isnan(p) else p,
-                      min_detectable(se, df, alpha=alpha, power=power), se, df)
+                      min_detectable(se, df, alpha=alpha, power=power), se, df, step=value_step(a + b, resolution))
 
 
 def holm_detectable(comparison: Comparison, family: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -183,7 +189,7 @@ def verdict(comparison: Comparison, *, metric: str, scale: float = 1.0, alpha: f
     when :func:`holm_detectable` has set it)."""
     up = comparison.diff > 0 if higher_is_better(metric) else comparison.diff < 0
     if comparison.p is None:  # every seed moved by the same amount (or not at all)
-        if comparison.diff == 0:
+        if abs(comparison.diff) <= comparison.step / 2:
             return "inconclusive (identical on every seed)"
         return f"{'better' if up else 'worse'} on every seed by the same amount (no seed variance, no p-value)"
     p_adj = comparison.p if comparison.p_adj is None else comparison.p_adj
