@@ -26,8 +26,9 @@ What it does, on CPU at 160 px:
    ultralytics' own ``model.info(imgsz=160)`` for theirs (its GFLOPs = 2 x MACs, by thop).
 5. ONNX batch-1 latency under onnxruntime (1 thread, one core), all models alternating in one process: visattn's
    export (``visattn.export.export_run``: decoding + class-wise NMS in the graph), visattn's network + decoding
-   without NMS, and ultralytics' ``export(format="onnx")`` (YOLO11n: network + decoding, NMS outside;
-   YOLO26n: NMS-free end-to-end head, top-k in the graph).
+   without NMS, and ultralytics' ``export(format="onnx")`` (network + decoding, NMS outside: ultralytics 8.4's
+   default ``nms=None`` selects external NMS, so YOLO26n too is validated, predicted and exported with its
+   one-to-many head + NMS; its NMS-free one-to-one head is only used with ``nms=False``).
 6. Writes ``results.json``, ``curves.csv`` and ``table.md`` into ``--results-dir`` and prints the table.
 
 ultralytics is an optional peer of this benchmark, never a dependency of visattn (it is not in pyproject.toml).
@@ -47,9 +48,13 @@ Then, from a visattn checkout::
 
 Nothing is downloaded at run time. The ultralytics processes run with ``YOLO_OFFLINE=1`` (no online check, no
 hub), ``YOLO_AUTOINSTALL=false`` (no pip installs of "missing" requirements), their settings in the work folder
-with ``sync=False`` (no telemetry) and ``plots=False`` (no font download); on top, every non-loopback socket
-connection and DNS lookup in those processes is refused and counted (``network_attempts_blocked`` in
-results.json).
+with ``sync=False`` (no telemetry) and ``plots=False``. That is not enough: ultralytics 8.4.190's dataset check
+(``check_det_dataset`` -> ``check_font("Arial.ttf")``) still sends a HEAD request for its font to github.com
+whatever ``plots`` says (put any TrueType file as ``Arial.ttf`` into ``YOLO_CONFIG_DIR`` to stop it), so every
+non-loopback socket connection and DNS lookup in the ultralytics processes is refused and counted, with the
+ultralytics frame that asked (``network_attempts_blocked`` in results.json); ultralytics carries on without the
+font. Every process also gets ``NO_ALBUMENTATIONS_UPDATE=1`` (albumentations asks PyPI for its newest version at
+import otherwise).
 
 Quick end-to-end check (a few minutes)::
 
@@ -115,7 +120,7 @@ def block_network() -> None:
     def note(what: str) -> None:
         import traceback
 
-        frames = [f for f in traceback.extract_stack()[:-2] if "ultralytics" in f.filename]
+        frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}ultralytics{os.sep}" in f.filename]
         where = f" from {Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else ""
         BLOCKED.append(what + where)
 
@@ -488,7 +493,10 @@ def worker_models(args: argparse.Namespace) -> None:
 def launch(kind: str, core: int, done: Path, log: Path, extra: list[str]) -> subprocess.Popen:
     done.unlink(missing_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # NO_ALBUMENTATIONS_UPDATE: albumentations (imported by visattn's data code) otherwise asks PyPI for its newest
+    # version at every import
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "NO_ALBUMENTATIONS_UPDATE": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--core", str(core),
                "--done", str(done), *extra]
     return subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO)
