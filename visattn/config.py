@@ -129,6 +129,17 @@ def attn_label(attn: Any) -> str:
     return "+".join(parts).replace("*", "x").replace("/", "_") or "none"
 
 
+def uses_default_init(attn: Any) -> bool:
+    """Whether some block of the attention spec takes ``attn_init`` (no ``init`` of its own in ``args``)."""
+    items = [] if attn is None else [attn] if isinstance(attn, (str, Mapping)) else list(attn)
+    for item in items:
+        if isinstance(item, str) and item != "none":
+            return True
+        if isinstance(item, Mapping) and item.get("block") != "none" and "init" not in (item.get("args") or {}):
+            return True
+    return False
+
+
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
@@ -317,7 +328,7 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {config.attn_init!r}")
     if config.attn_init == "auto":
         config.attn_init = "identity" if config.pretrained else "paper"
-        if config.pretrained and attn_label(config.attn) != "none":
+        if config.pretrained and uses_default_init(config.attn):
             notice("visattn: attention blocks start as the identity (attn_init identity, the default with "
                    "--pretrained: the pretrained network's output is unchanged at step 0; --attn-init paper for "
                    "the published init)")

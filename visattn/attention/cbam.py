@@ -41,14 +41,12 @@ class ChannelGate(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.mlp[2])
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             avg = self.mlp(x.mean((2, 3)))  # (B, C)
             mx = self.mlp(x.amax((2, 3)))  # (B, C)
-            return gate(avg + mx, self.init, getattr(self, "alpha", None))[:, :, None, None]  # (B, C, 1, 1)
+            return gate(avg + mx, self.init)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -76,13 +74,11 @@ class SpatialGate(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.bn)
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-            return gate(self.bn(self.conv(pooled)), self.init, getattr(self, "alpha", None))  # (B, 1, H, W)
+            return gate(self.bn(self.conv(pooled)), self.init)  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)

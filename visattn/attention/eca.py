@@ -48,15 +48,13 @@ class EfficientChannelAttention(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.conv)
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, 1, C)
             squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
             logits = self.conv(squeezed).view(batch, -1, 1, 1)  # (B, C, 1, 1)
-            return gate(logits, self.init, getattr(self, "alpha", None))
+            return gate(logits, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)

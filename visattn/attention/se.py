@@ -36,13 +36,11 @@ class SqueezeExcite(nn.Module):
         self.init = init
         if init == "identity":
             zero_(self.fc2)
-        if init == "identity_alpha":  # PILOT
-            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, C, 1, 1)
             squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init, getattr(self, "alpha", None))  # (B, C, 1, 1)
+            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init)  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
