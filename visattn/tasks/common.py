@@ -17,6 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from visattn.perf import amx_bf16_hint
 from visattn.tasks.finetune import attn_lr_scales
 
 
@@ -111,6 +112,7 @@ def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dic
     raise NonFiniteLossError(
         f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
         f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
+        + amx_bf16_hint(str(module.trainer.precision), module.device.type)
     )
 
 
