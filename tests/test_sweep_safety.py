@@ -113,9 +113,12 @@ def test_a_failed_start_removes_only_what_it_made(tmp_path, monkeypatch):
 
 
 def test_an_older_unmarked_sweep_resumes_but_is_not_overwritten(tmp_path):
+    from visattn.sweep.grid import check_sweep_file, expand
+
     old = tmp_path / "old"
     old.mkdir()
-    (old / "sweep.json").write_text(json.dumps({"format": 1, "spec": {}, "runs": []}))
+    spec = make_spec(TINY, {})
+    check_sweep_file(old, spec, expand(spec))  # as an older visattn wrote it: no marker, no sweep_id
     with pytest.raises(ConfigError, match=MARKER):
         with claim_sweep_dir(old, overwrite=True):
             pass
