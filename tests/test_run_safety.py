@@ -109,13 +109,20 @@ def test_overwrite_keeps_the_old_run_when_the_new_set_up_fails(tmp_path, capsys)
 
 
 def test_overwrite_replaces_a_run_killed_before_its_config(tmp_path):
-    run = fake_run(tmp_path / "r", config=False)  # only the marker says it is visattn's
+    run = tmp_path / "r"  # killed while writing config.yaml: a marker and half a temporary file, nothing else
+    run.mkdir()
+    create_marker(run, RUN_MARKER, made_by="visattn train")
+    (run / ".config.yaml.tmp").write_text("task: clas")
     prepared = prepare(tiny(tmp_path, name="r", overwrite=True))
     try:
-        assert not (run / "logs" / "notes.txt").exists()
+        assert not (run / ".config.yaml.tmp").exists()
         assert (run / "config.yaml").is_file() and (run / RUN_MARKER).is_file()
     finally:
         prepared.lock.release()
+    other = fake_run(tmp_path / "other", config=False)  # a marker beside other files, but no config.yaml: unproven
+    with pytest.raises(ConfigError, match="not made by visattn"):
+        prepare(tiny(tmp_path, name="other", overwrite=True))
+    assert (other / "logs" / "notes.txt").read_text() == "my notes"
 
 
 def test_second_training_in_a_live_run_dir_is_refused_with_the_holder(tmp_path):

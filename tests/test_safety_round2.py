@@ -666,7 +666,7 @@ def test_a_yaml_alias_bomb_is_a_quick_clear_error(tmp_path, capsys):
     bomb.write_text("data_args:\n" + textwrap.indent(ALIAS_BOMB, "  "))
     start = time.perf_counter()
     with deadline(60):
-        code, _, err = run(capsys, "train", "--config", bomb, "--out", tmp_path / "runs")
+        code, _, err = run(capsys, "train", "--config", bomb, *TINY_FLAGS, "--out", tmp_path / "runs")
     assert code == 2 and "alias" in err and str(bomb) in err
     assert time.perf_counter() - start < 20 and not (tmp_path / "runs").exists()
     root = yolo_root(tmp_path / "yolo")
@@ -680,8 +680,8 @@ def test_a_yaml_alias_bomb_is_a_quick_clear_error(tmp_path, capsys):
 
 def test_a_huge_yaml_file_is_refused(tmp_path, capsys):
     big = tmp_path / "big.yaml"
-    big.write_text("backbone: resnet18\n# " + "x" * (17 << 20) + "\n")
-    code, _, err = run(capsys, "train", "--config", big, "--out", tmp_path / "runs")
+    big.write_text("backbone: resnet18\n# " + "x" * (5 << 20) + "\n")  # over the 4 MB limit
+    code, _, err = run(capsys, "train", "--config", big, *TINY_FLAGS, "--out", tmp_path / "runs")
     assert code == 2 and "MB" in err and str(big) in err
 
 
@@ -848,7 +848,7 @@ def test_a_checkpoint_of_another_optimiser_names_the_file_and_changes_nothing(tm
 
 
 KILL_WITH_WORKERS = """
-import os, signal, sys
+import json, os, signal, sys
 import lightning as L
 import visattn.train as vt
 from visattn.cli import run_cli, train_main
@@ -858,6 +858,11 @@ build = vt.build_trainer
 class Kill(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.current_epoch == 1 and trainer.global_step >= {step}:
+            workers = [child.pid for child in __import__("multiprocessing").active_children()]
+            with open({record!r}, "w") as handle:
+                json.dump(workers, handle)
+            for pid in workers:  # frozen: torch's watchdog would end them within 5 s; this way they outlive the test
+                os.kill(pid, signal.SIGSTOP)
             os.kill(os.getpid(), signal.SIGKILL)
 
 def with_kill(*args, **kwargs):
@@ -874,12 +879,20 @@ run_cli(train_main)
 def test_a_dead_trainers_lock_is_free_at_once_although_its_loader_workers_live(tmp_path, capsys):
     flags = [*TINY_FLAGS, "--epochs", "3", "--num-workers", "2", "--limit", "32", "--batch-size", "8",
              "--precision", "32", "--out", str(tmp_path), "--name", "w"]
-    script = KILL_WITH_WORKERS.format(step=5, argv=flags)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    record = tmp_path / "workers.json"
+    script = KILL_WITH_WORKERS.format(step=5, argv=flags, record=str(record))
+    with open(tmp_path / "log.txt", "w") as log:  # not a pipe: the orphans would hold it open, and we would wait
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, stdout=log, stderr=log)
+        assert proc.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
     run_dir = tmp_path / "w"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    code, _, err = run(capsys, "train", "--resume", run_dir)  # at once: the orphaned workers may still be alive
-    assert code == 0, err
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 3
+    orphans = json.loads(record.read_text())
+    try:
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file() and orphans
+        assert all(Path(f"/proc/{pid}").exists() for pid in orphans)  # the orphaned loader workers live on
+        code, _, err = run(capsys, "train", "--resume", run_dir)
+        assert code == 0, err
+        assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 3
+    finally:
+        for pid in orphans:  # the workers this test's trainer started, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

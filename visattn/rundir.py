@@ -268,9 +268,9 @@ def is_train_config(values: dict[str, Any]) -> bool:
 def run_proof(folder: Path) -> str | None:
     """Why ``folder`` is not a run directory visattn made, or None when it is.
 
-    Proof: the ``.visattn-run`` marker's id equals config.yaml's ``run_id`` (or there is no config.yaml yet: a run
-    stopped during its set-up); or, for a run made before the id existed, a config.yaml without ``run_id`` that
-    parses as a whole TrainConfig.
+    Proof: the ``.visattn-run`` marker's id equals config.yaml's ``run_id``; or, for a run made before the id
+    existed, a config.yaml without ``run_id`` that parses as a whole TrainConfig. A marker alone proves nothing (a
+    run stopped during its set-up holds nothing else, and such a folder is adopted as empty: ``claim_run_dir``).
     """
     if folder.is_symlink():
         return "it is a symbolic link"
@@ -282,7 +282,7 @@ def run_proof(folder: Path) -> str | None:
     except ConfigError as err:
         return str(err)
     if record is None:
-        return None if ident else f"it has neither a {RUN_MARKER} marker with an id nor a config.yaml"
+        return "it has no config.yaml" + ("" if ident else f" and no {RUN_MARKER} marker with an id")
     recorded = record.get("run_id")
     if recorded:
         return None if ident and recorded == ident else (
@@ -446,6 +446,9 @@ class DirLock:
                 raise ConfigError(f"{self.path} is a symbolic link; visattn never follows links for its lock, so "
                                   f"nothing was changed; remove {self.path} (what it points to stays) if "
                                   f"{self.directory} is visattn's, or choose another --name") from None
+            if err.errno == errno.EISDIR:
+                raise ConfigError(f"{self.path} is a folder, not a lock file; nothing was changed; remove it, or "
+                                  "choose another --name") from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -518,9 +521,13 @@ class RunClaim:
         remove_created(self.created_out)
 
 
+SETUP_LEFTOVERS = (LOCK, RUN_MARKER, ".config.yaml.tmp")  # what a run killed during its set-up can leave
+
+
 def _leftovers_only(folder: Path) -> bool:
-    """Nothing in it but a lock and a marker (regular files; e.g. a run killed before it wrote anything else)."""
-    return all(p.name in (LOCK, RUN_MARKER) and is_regular(p) for p in folder.iterdir())
+    """Nothing in it but what a set-up killed before config.yaml leaves (regular files): lock, marker, the
+    temporary file of config.yaml. Such a folder holds nothing to lose and is adopted as empty."""
+    return all(p.name in SETUP_LEFTOVERS and is_regular(p) for p in folder.iterdir())
 
 
 def claim_run_dir(run_dir: Path, *, out: str | Path, resume: bool, overwrite: bool) -> RunClaim:

@@ -111,16 +111,17 @@ MARKER = SWEEP_MARKER  # created first in every sweep directory, with an id that
 
 
 def _is_empty(folder: Path) -> bool:
-    """Nothing in it but (at most) a lock and a marker (regular files): a start killed before sweep.json."""
-    return all(item.name in (LOCK, MARKER) and is_regular(item) for item in folder.iterdir())
+    """Nothing in it but what a start killed before sweep.json leaves (regular files): a lock, the marker, the
+    temporary file of sweep.json."""
+    return all(item.name in (LOCK, MARKER, ".sweep.json.tmp") and is_regular(item) for item in folder.iterdir())
 
 
 def sweep_proof(sweep_dir: Path) -> str | None:
     """Why ``sweep_dir`` is not a sweep directory visattn made, or None when it is.
 
-    Proof: the marker's id equals sweep.json's ``sweep_id`` (or there is no sweep.json yet); or, for a sweep made
-    before the id existed, a sweep.json without ``sweep_id`` that reads as a whole sweep: its spec expands to
-    exactly the runs it lists. A lookalike sweep.json proves nothing.
+    Proof: the marker's id equals sweep.json's ``sweep_id``; or, for a sweep made before the id existed, a
+    sweep.json without ``sweep_id`` that reads as a whole sweep: its spec expands to exactly the runs it lists. A
+    lookalike sweep.json, or a marker alone, proves nothing.
     """
     try:
         ident = marker_id(sweep_dir, MARKER)
@@ -128,7 +129,7 @@ def sweep_proof(sweep_dir: Path) -> str | None:
     except ConfigError as err:
         return str(err)
     if record is None:
-        return None if ident else f"it has neither a {MARKER} marker with an id nor a sweep.json"
+        return "it has no sweep.json" + ("" if ident else f" and no {MARKER} marker with an id")
     recorded = record.get("sweep_id")
     if recorded:
         return None if ident and recorded == ident else (
