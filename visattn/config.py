@@ -50,6 +50,10 @@ LOCATION_KEYS = ("out", "name", "resume", "overwrite", "run_id")  # where a run 
 VERIFY_IMAGES = ("quick", "full")  # the up-front scan of image files: headers and checksums, or every pixel decoded
 MAX_YAML_BYTES = 4 << 20  # a config, sweep or data.yaml file; real ones are a few kB
 MAX_YAML_VALUES = 100_000  # values in a YAML document with every alias (*name) expanded: a bomb stops here
+# How inserted blocks start (visattn.layers.gate): "auto" is "identity" with a pretrained file (the network's output
+# is unchanged at step 0), else "paper" (the published block).
+ATTN_INITS = ("auto", "paper", "identity")
+FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
@@ -62,6 +66,7 @@ class TrainConfig:
     task: str = "classify"
     backbone: str = "resnet18"
     attn: Any = None  # a block name, or a list of {"block", "at", "args"} mappings (see visattn.fill_slots)
+    attn_init: str = "auto"  # paper | identity | auto (identity with `pretrained`); a block's args.init wins
     backbone_args: dict[str, Any] = field(default_factory=dict)
     neck: str = "pan"
     scale: str = "n"
@@ -84,6 +89,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs on the validation metric
     seed: int = 0
     pretrained: str | None = None
+    freeze: str = "none"  # none | backbone: train only the attention blocks and the head (visattn.tasks.finetune)
+    freeze_bn: bool = False  # BatchNorm outside the blocks keeps its loaded running statistics
+    attn_lr_scale: float = 1.0  # factor on the lr of the inserted blocks' parameters
     num_workers: int | None = None
     out: str = "runs"
     name: str | None = None  # run directory name; default from data, backbone, attn and seed
@@ -127,6 +135,17 @@ def attn_label(attn: Any) -> str:
             where = "" if at is None else "@" + (at if isinstance(at, str) else "+".join(at))
             parts.append(f"{item.get('block')}{where}")
     return "+".join(parts).replace("*", "x").replace("/", "_") or "none"
+
+
+def uses_default_init(attn: Any) -> bool:
+    """Whether some block of the attention spec takes ``attn_init`` (no ``init`` of its own in ``args``)."""
+    items = [] if attn is None else [attn] if isinstance(attn, (str, Mapping)) else list(attn)
+    for item in items:
+        if isinstance(item, str) and item != "none":
+            return True
+        if isinstance(item, Mapping) and item.get("block") != "none" and "init" not in (item.get("args") or {}):
+            return True
+    return False
 
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -358,6 +377,19 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         raise ConfigError(f"precision {config.precision!r} not supported; use auto, 32, bf16-mixed or 16-mixed")
     if isinstance(config.attn, str) and "," in config.attn:
         raise ConfigError(f"attn {config.attn!r}: one block per run (use tools/sweep.py to compare several)")
+    if config.freeze not in FREEZE_CHOICES:
+        raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {config.freeze!r}")
+    scale = config.attn_lr_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ConfigError(f"attn_lr_scale must be a finite number >= 0, got {scale!r}")
+    if config.attn_init not in ATTN_INITS:
+        raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {config.attn_init!r}")
+    if config.attn_init == "auto":
+        config.attn_init = "identity" if config.pretrained else "paper"
+        if config.pretrained and uses_default_init(config.attn):
+            notice("visattn: attention blocks start as the identity (attn_init identity, the default with "
+                   "--pretrained: the pretrained network's output is unchanged at step 0; --attn-init paper for "
+                   "the published init)")
     return config
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init
 from visattn.layers.record import attention_probs, record
 from visattn.registry import ATTENTION
 
@@ -50,6 +51,8 @@ class MultiHeadSelfAttention2d(nn.Module):
     ``norm=True`` (default) applies a LayerNorm over channels to the tokens first (pre-norm, as in
     ViT), so the scores do not depend on the scale of the slot's input: 2C more parameters than
     ``nn.MultiheadAttention``. ``heads=None`` picks up to 8 heads of at least 16 channels each.
+    ``init`` is accepted for the common block interface: with the zero ``proj``, "paper" and "identity" are the
+    same, an exact identity at initialisation.
     """
 
     _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
@@ -64,8 +67,10 @@ class MultiHeadSelfAttention2d(nn.Module):
         qkv_bias: bool = True,
         dropout: float = 0.0,
         norm: bool = True,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        check_init("mhsa", init)
         if heads is None:
             heads = default_heads(channels)
         require(isinstance(heads, int) and heads >= 1 and channels % heads == 0, "mhsa", "heads",
@@ -116,8 +121,15 @@ class MultiHeadSelfAttention2d(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if self._capture is not None:
             record(self, "attn", attention_probs(q, k))  # (B, heads, N, N)
-        # SDPA stays under autocast: its fused CPU/CUDA kernels take the softmax in float32 for bf16 inputs
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # torch's fused CPU kernel is 2-8x slower forward + backward in bf16 than in float32 at these sizes
+            # (benchmarks/README.md, "attention tax"): attend in float32 (autocast off, or it would cast the
+            # inputs back to bf16), the projections stay in bf16
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout)
+            out = out.to(q.dtype)  # (B, heads, N, head_dim)
+        else:  # CUDA's fused bf16 kernels are the fast path there (their softmax is float32)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).reshape(batch, length, channels)  # (B, N, C)
         return self.proj(out)
 

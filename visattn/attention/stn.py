@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init
 from visattn.layers.precision import full_precision
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
@@ -25,7 +26,8 @@ class SpatialTransformer(nn.Module):
     Pooling is adaptive average pooling (to ``pool_size`` then ``pool_size // 2``), so any H, W >= 1 works;
     average rather than the paper's max pooling because adaptive max pooling to a size that does not divide
     the input (or is larger than it) does not export to ONNX. The last
-    layer starts at the identity transform, so an untrained block returns its input.
+    layer starts at the identity transform, so an untrained block returns its input (as in the paper; ``init``
+    is accepted for the common block interface, and "paper" and "identity" are the same).
     ``transform``: "affine" (6 parameters) or "translation_scale" (isotropic scale and shift, 3).
 
     ``padding_mode`` (where the grid leaves the input) defaults to "border", not the paper's zeros: the
@@ -39,6 +41,13 @@ class SpatialTransformer(nn.Module):
     the transform from drifting off the image within an epoch at the classifier's learning rate (one
     AdamW step moves every theta entry by about the learning rate); set it from the config with
     ``attn: {block: stn, at: input, args: {loc_lr_scale: 1.0}}``.
+
+    ``loc_size`` (default None: the localisation net sees the full-resolution input, as before) average-pools
+    the localisation net's input to at most ``loc_size`` x ``loc_size`` first; the resampling still reads the full
+    input. The localisation net is most of the block's FLOPs (its first conv runs at the input's resolution), and
+    predicting six numbers needs no fine detail: the STN paper's localisation nets are small networks too. With
+    ``loc_size: 32`` on the flagship's 64 px input the net's first conv costs a quarter (benchmarks/README.md,
+    "attention tax"); it is an option because it changes what the block computes.
 
     While training, the block averages statistics of theta over the batches it sees; :meth:`epoch_stats`
     returns and resets them (logged per epoch by ``visattn.tasks.monitors.BlockStatsMonitor``), and
@@ -56,8 +65,11 @@ class SpatialTransformer(nn.Module):
         transform: str = "affine",
         padding_mode: str = "border",
         loc_lr_scale: float = 0.1,
+        loc_size: int | None = None,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        check_init("stn", init)
         require(isinstance(hidden, int) and hidden >= 1, "stn", "hidden", "an int >= 1", hidden)
         require(isinstance(pool_size, int) and pool_size >= 2, "stn", "pool_size", "an int >= 2", pool_size)
         require(transform in TRANSFORMS, "stn", "transform", f"one of {sorted(TRANSFORMS)}", transform)
@@ -66,6 +78,9 @@ class SpatialTransformer(nn.Module):
         require(isinstance(loc_lr_scale, (int, float)) and not isinstance(loc_lr_scale, bool)
                 and math.isfinite(loc_lr_scale) and loc_lr_scale >= 0, "stn", "loc_lr_scale",
                 "a number >= 0 (0 freezes the localisation net)", loc_lr_scale)
+        require(loc_size is None or (isinstance(loc_size, int) and not isinstance(loc_size, bool) and loc_size >= 1),
+                "stn", "loc_size", "None (full resolution) or an int >= 1", loc_size)
+        self.loc_size = loc_size
         self.transform = transform
         self.padding_mode = padding_mode
         self.loc_lr_scale = float(loc_lr_scale)
@@ -110,7 +125,11 @@ class SpatialTransformer(nn.Module):
         # all in float32 under mixed precision: a bf16 theta (8-bit mantissa) moves the grid by ~1/256 of
         # the image per unit, about a pixel at 224 px, and the localisation net is cheap next to the backbone
         with full_precision(x) as x32:
-            theta = self.theta(x32)
+            loc_input = x32
+            if self.loc_size is not None and max(x.shape[-2:]) > self.loc_size:  # (B, C, <= loc_size, <= loc_size)
+                loc_input = F.adaptive_avg_pool2d(x32, (min(x.shape[-2], self.loc_size),
+                                                        min(x.shape[-1], self.loc_size)))
+            theta = self.theta(loc_input)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
             out = F.grid_sample(x32, grid, mode="bilinear", padding_mode=self.padding_mode,
                                 align_corners=False)

@@ -6,6 +6,7 @@ import fnmatch
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
+
+from visattn.tasks.finetune import attn_lr_scales
 
 
 def declared(model: nn.Module, method: str) -> dict[str, Any]:
@@ -40,18 +43,22 @@ def declared(model: nn.Module, method: str) -> dict[str, Any]:
 
 
 def make_optimizer(
-    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float
+    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float,
+    lr_multipliers: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum), with parameter groups the model's modules declare.
 
     No weight decay on biases, norms and other 1-d parameters, nor on what any module lists in
     ``no_weight_decay()`` (timm's convention: position tables, class tokens). A module's ``lr_scales()``
     (``{name glob: factor}``) multiplies the learning rate of the parameters it names, e.g. an STN's
-    localisation net. Each group keeps its ``lr_scale`` and ``param_names``; the schedule scales every
-    group's own learning rate.
+    localisation net. ``lr_multipliers`` (``{parameter name: factor}``) multiply on top, e.g. the inserted blocks'
+    ``attn_lr_scale``. Frozen parameters (``requires_grad=False``) are left out. Each group keeps its
+    ``lr_scale`` and ``param_names``; the schedule scales every group's own learning rate.
     """
     no_decay = declared(model, "no_weight_decay")
     scales = declared(model, "lr_scales")
+    for pname, factor in (lr_multipliers or {}).items():
+        scales[pname] = float(scales.get(pname, 1.0)) * factor
     groups: dict[tuple[bool, float], list[tuple[str, nn.Parameter]]] = {}
     for pname, param in model.named_parameters():
         if not param.requires_grad:
@@ -81,7 +88,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
 
 def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     optimizer = make_optimizer(module.model, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                               momentum=hp.momentum)
+                               momentum=hp.momentum,
+                               lr_multipliers=attn_lr_scales(module.model, float(hp.get("attn_lr_scale", 1.0))))
     total = max(1, int(module.trainer.estimated_stepping_batches))
     epochs = max(1, module.trainer.max_epochs or 1)
     warmup = min(total // 2, int(round(hp.warmup_epochs * total / epochs)))
@@ -135,8 +143,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ThroughputMonitor(L.Callback):
     """Per epoch: training images/s, the share of step time spent waiting for data, and the ruler (visattn.perf):
-    achieved training GFLOP/s (3 x forward FLOPs per image) and MFU against the machine's cached matmul peak for
-    the run's dtype.
+    achieved training GFLOP/s (3 x forward FLOPs per image), its share of the matmul peak measured on this machine
+    for the run's dtype (``matmul_peak_share``) and, on GPUs with a known datasheet peak, PaLM-style ``palm_mfu``.
 
     Time runs from the epoch's start to the end of its last training batch, so validation (which Lightning runs
     before ``on_train_epoch_end``) is not counted as training time.
@@ -151,6 +159,8 @@ class ThroughputMonitor(L.Callback):
         self.precision_reason = precision_reason  # why the run's precision was chosen (``precision: auto``)
         self.precision = ""
         self.peak: dict[str, Any] | None = None
+        self.dtype = "fp32"
+        self.device = "cpu"
         self.reset()
 
     def reset(self) -> None:
@@ -177,7 +187,7 @@ class ThroughputMonitor(L.Callback):
         return self.time_before + (now - self.part_start)
 
     def _epoch_stats(self, pl_module: L.LightningModule | None) -> dict[str, float]:
-        from visattn.perf import achieved_flops, mfu
+        from visattn.perf import achieved_flops, mfu, palm_mfu
 
         elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
         macs = getattr(pl_module, "complexity", {}).get("macs") or 0
@@ -190,7 +200,10 @@ class ThroughputMonitor(L.Callback):
             "epoch_train_s": elapsed,
         }
         if share is not None:
-            stats["mfu"] = share
+            stats["matmul_peak_share"] = share
+            palm = palm_mfu(flops, self.dtype, pl_module.device) if pl_module is not None else None
+            if palm is not None:
+                stats["palm_mfu"] = palm
         return stats
 
     def state_dict(self) -> dict[str, Any]:
@@ -204,13 +217,16 @@ class ThroughputMonitor(L.Callback):
             history.append({**self._epoch_stats(self._module), "epoch": self.epoch})
         now = time.perf_counter()
         return {"history": history, "train_time_s": self.train_time(now) if self.part_start is not None
-                else self.time_before, "precision": self.precision, "peak": self.peak}
+                else self.time_before, "precision": self.precision, "peak": self.peak, "dtype": self.dtype,
+                "device": self.device}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [dict(h) for h in state.get("history", [])]
         self.time_before = float(state.get("train_time_s", 0.0))
         self.precision = state.get("precision") or self.precision
         self.peak = state.get("peak") or self.peak
+        self.dtype = state.get("dtype") or self.dtype
+        self.device = state.get("device") or self.device
 
     _module: L.LightningModule | None = None
 
@@ -219,6 +235,7 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.precision = str(trainer.precision)
+        self.device = str(pl_module.device)
         for logger in trainer.loggers:  # logs/hparams.yaml and TensorBoard: what "auto" became, and why
             logger.log_hyperparams({"precision": self.precision, "precision_reason": self.precision_reason})
         if self.measure_peak and self.peak is None and trainer.is_global_zero:
@@ -228,6 +245,7 @@ class ThroughputMonitor(L.Callback):
             if pl_module.device.type == "cpu" and dtype == "fp16":
                 dtype = "fp32"  # fp16 autocast on CPU: no fp16 matmul peak worth comparing with
             self.peak = matmul_peak(dtype, device=pl_module.device)
+            self.dtype = dtype
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.wait, self.busy = 0, 0.0, 0.0
@@ -253,20 +271,28 @@ class ThroughputMonitor(L.Callback):
             self.history.pop()  # recorded provisionally by a checkpoint taken after validation: now final
         self.history.append({**stats, "epoch": self.epoch})
         for key, value in stats.items():
-            # only rank 0 knows the peak (it measures it): MFU is rank 0's, logged without a collective
-            if key == "mfu":
-                pl_module.log("train/mfu", value, rank_zero_only=True)
+            # only rank 0 knows the peak (it measures it): the shares are rank 0's, logged without a collective
+            if key in ("matmul_peak_share", "palm_mfu"):
+                pl_module.log(f"train/{key}", value, rank_zero_only=True)
             else:
                 pl_module.log(f"train/{key}", value, sync_dist=True)
 
     def summary(self) -> dict[str, Any]:
-        """Means over the epochs run (what metrics.json reports), and the peak they were measured against."""
+        """Means over the epochs run (what metrics.json reports), and the peaks they were measured against, with a
+        phrase naming each denominator."""
+        from visattn.perf import describe_peak, theoretical_peak
+
         out: dict[str, Any] = {}
-        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "mfu"):
+        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "matmul_peak_share", "palm_mfu"):
             values = [h[key] for h in self.history if key in h]
             out[key] = sum(values) / len(values) if values else None
         out["peak_gflops_s"] = self.peak["flops"] / 1e9 if self.peak else None
         out["peak_dtype"] = self.peak["dtype"] if self.peak else None
+        out["peak_denominator"] = describe_peak(self.peak)
+        theoretical = theoretical_peak(self.dtype, self.device) if self.peak else None
+        out["palm_mfu_denominator"] = (None if theoretical is None else
+                                       f"datasheet dense {self.dtype} peak of {theoretical[1]}, "
+                                       f"{theoretical[0] / 1e12:g} TFLOP/s")
         out["precision"] = self.precision or None
         out["precision_reason"] = self.precision_reason or None
         return out
@@ -290,11 +316,11 @@ class EpochSummary(L.Callback):
 
         stats = self.throughput.history[-1] if self.throughput and self.throughput.history else {}
         metric = self.monitor.split("/", 1)[-1]
-        mfu = f"{100 * stats['mfu']:5.1f}%" if "mfu" in stats else "     -"
+        share = f"{100 * stats['matmul_peak_share']:5.1f}%" if "matmul_peak_share" in stats else "     -"
         return (f"epoch {trainer.current_epoch + 1:>{width}}/{trainer.max_epochs}  "
                 f"loss {value('train/loss_epoch', '7.4f'):>7}  {metric} {value(self.monitor, '6.4f'):>6}  "
                 f"{stats.get('throughput_img_s', 0):7.1f} img/s  {stats.get('train_gflops_s', 0):6.1f} GFLOP/s  "
-                f"MFU {mfu}  {stats.get('epoch_train_s', 0):6.1f}s")
+                f"{share} of mm peak  {stats.get('epoch_train_s', 0):6.1f}s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
