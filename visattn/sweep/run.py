@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from visattn.config import ConfigError
+from visattn.config import ConfigError, held_notices
 from visattn.rundir import (
     LOCK,
     SWEEP_MARKER,
@@ -137,7 +137,8 @@ def sweep_proof(sweep_dir: Path) -> str | None:
             f"its sweep.json records sweep_id {recorded!r}, which its {MARKER} marker does not hold")
     try:
         spec, plans = read_sweep_file(sweep_dir)
-        same = [p.run_id for p in plans] == [p.run_id for p in expand(spec)]
+        with held_notices():  # a check, not a start: no notes of the defaults the spec picks
+            same = [p.run_id for p in plans] == [p.run_id for p in expand(spec)]
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError, OSError):
         same = False
     return None if same else "its sweep.json is not a visattn sweep's (its spec does not expand to its runs)"
