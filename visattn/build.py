@@ -165,9 +165,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                 ".safetensors file on this machine; nothing is downloaded)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from visattn.extras import require
 
-            state = load_file(str(path))
+            state = require("safetensors.torch", purpose="reading .safetensors weights").load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which file and why

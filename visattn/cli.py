@@ -30,10 +30,12 @@ from visattn.config import (
     read_yaml,
     resolve_config,
 )
+from visattn.extras import MissingExtraError
 
 # Errors a user can cause with a flag, a config or a file; anything else is a bug and keeps its traceback.
 # OSError: an unwritable --out, a full disk, a missing file.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, OSError,
+                                                MissingExtraError)
 
 
 def error_text(err: BaseException) -> str:

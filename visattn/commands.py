@@ -338,6 +338,8 @@ def evaluate_main(argv: Sequence[str] | None = None, *, prog: str = "tools/evalu
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items())
     print(f"{result['data']} {result['split']} ({result['images']} images, {result['weights']}): {metrics}")
     print(f"wrote {result['path']}" + (f" and {result['figure']}" if result.get("figure") else ""))
+    if result.get("figure_skipped"):
+        print(f"visattn: no confusion-matrix PNG: {result['figure_skipped']}", file=sys.stderr)
     return 0
 
 

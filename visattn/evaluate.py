@@ -90,14 +90,12 @@ def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | P
 
 
 def confusion_figure(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> Path | None:
-    """A PNG of the confusion matrix; None when matplotlib is not installed (``pip install visattn[viz]``)."""
-    try:
-        import matplotlib
+    """A PNG of the confusion matrix (matplotlib: ``MissingExtraError`` naming the extra without it)."""
+    from visattn.extras import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    require("matplotlib", purpose="the confusion-matrix PNG").use("Agg")
+    import matplotlib.pyplot as plt
+
     n = len(matrix)
     side = min(12.0, 2.5 + 0.45 * n)
     fig, ax = plt.subplots(figsize=(side, side))
@@ -208,8 +206,13 @@ def evaluate_run(
     else:
         matrix = confusion.matrix.compute().tolist()
         out["confusion_matrix"] = {"rows": "true class", "columns": "predicted class", "counts": matrix}
-        figure = confusion_figure(matrix, names, run_dir / f"confusion-{stem}.png",
-                                  f"{config.data} {split}: {weights} (acc {metrics.get('acc', float('nan')):.3f})")
+        from visattn.extras import MissingExtraError
+
+        try:
+            figure = confusion_figure(matrix, names, run_dir / f"confusion-{stem}.png",
+                                      f"{config.data} {split}: {weights} (acc {metrics.get('acc', float('nan')):.3f})")
+        except MissingExtraError as err:  # the metrics are still worth writing: say why there is no PNG
+            out["figure_skipped"] = str(err)
     path = run_dir / f"eval-{stem}.json"
     write_json_atomic(path, out)
     out["path"] = str(path)

@@ -202,8 +202,9 @@ def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
     """Rebuild a model without Lightning: from an ``export/`` folder (model.json + model.safetensors) or a run dir."""
     path = Path(path)
     if (path / "model.json").exists():
-        from safetensors.torch import load_file
+        from visattn.extras import require
 
+        load_file = require("safetensors.torch", purpose="reading an export's model.safetensors").load_file
         spec = read_export_spec(path)
         weights = path / "model.safetensors"
         if not weights.is_file():
@@ -301,8 +302,11 @@ def compare_detection(name: str, exported: Any, eager: tuple[torch.Tensor, torch
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int,
                 output_names: Sequence[str] = ("logits",), translations: dict | None = None) -> Any:
-    import onnx
-    import onnxruntime as ort
+    from visattn.extras import require
+
+    onnx = require("onnx", purpose="ONNX export")
+    ort = require("onnxruntime", purpose="checking the ONNX export")
+    require("onnxscript", purpose="torch's ONNX exporter")
 
     if opset < MIN_OPSET:
         blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
@@ -342,8 +346,9 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> A
 
 
 def export_safetensors(model: nn.Module, spec: ModelSpec, folder: Path) -> Any:
-    from safetensors.torch import save_file
+    from visattn.extras import require
 
+    save_file = require("safetensors.torch", purpose="safetensors export").save_file
     save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
     rebuilt = load(folder)  # float32, as the weights are stored
@@ -535,6 +540,11 @@ def export_run(
     replaced only once the new files have passed their checks.
     """
     formats = parse_formats(formats)
+    if "onnx" in formats:  # before the model is loaded: a missing package stops the command at once
+        from visattn.extras import require
+
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            require(module, purpose="visattn export --format onnx")
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         remove_stale_staging(run_dir)

@@ -84,9 +84,10 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -
 
 def onnx_runner(model_path: Path) -> tuple[Any, int | None]:
     """An onnxruntime session and its fixed batch size (None when the export has a dynamic batch dimension)."""
-    import onnxruntime as ort
-
     from visattn.export import ExportError
+    from visattn.extras import require
+
+    ort = require("onnxruntime", purpose="predicting with an ONNX model")
 
     if not model_path.is_file():
         raise FileNotFoundError(f"ONNX model {model_path} not found (export it with visattn export --format onnx)")

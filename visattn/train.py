@@ -337,6 +337,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor_metric(config), mode="max", patience=config.early_stopping))
     if config.visualize_every:
+        from visattn.extras import require
+
+        require("matplotlib", purpose="--visualize-every (attention figures during training)")
         from visattn.viz.callback import AttentionFigures
 
         callbacks.append(AttentionFigures(every_n_epochs=config.visualize_every, out_dir=run_dir / "figures"))

@@ -200,11 +200,9 @@ def run_local(tasks: Sequence[Task], *, sweep_dir: Path, workers: int, threads: 
 
 def start_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and so must shut it down)."""
-    try:
-        import ray
-    except ImportError as err:
-        raise ImportError("--executor ray needs Ray: pip install 'visattn[sweep]' (or pip install 'ray[default]')") \
-            from err
+    from visattn.extras import require
+
+    ray = require("ray", purpose="visattn sweep --executor ray")
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(

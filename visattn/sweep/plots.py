@@ -24,7 +24,9 @@ __all__ = ["FILES", "curves", "metric_per_block", "metric_vs_macs", "val_key", "
 
 
 def _pyplot():  # noqa: ANN202
-    import matplotlib
+    from visattn.extras import require
+
+    matplotlib = require("matplotlib", purpose="the sweep's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -574,12 +574,13 @@ def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
 
 def ort_available() -> str | None:
     """None when onnxruntime, onnx and onnxscript (the ``[export]`` extra) import, else why not."""
+    from visattn.extras import MissingExtraError, require
+
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        return f"the [export] extra is not installed ({err}); pip install 'visattn[export]'"
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            require(module, purpose="onnxruntime latency")
+    except MissingExtraError as err:
+        return str(err)
     return None
 
 

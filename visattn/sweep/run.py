@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import statistics
@@ -282,8 +281,13 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     plans = expand(spec)
     sweep_dir = Path(out) / check_name(spec.default_name() if name is None else name, what="sweep")
     check_grid(plans)
-    if executor == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("--executor ray needs Ray: pip install 'visattn[sweep]' (or pip install 'ray[default]')")
+    from visattn.extras import require
+
+    if executor == "ray":
+        require("ray", purpose="visattn sweep --executor ray")
+    # checked before any run trains: the report's statistics and plots need them at the end
+    require("scipy", purpose="the sweep's statistics")
+    require("matplotlib", purpose="the sweep's plots")
     say = print if echo else (lambda *a, **k: None)
     with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
         added = check_sweep_file(sweep_dir, spec, plans, sweep_id=claim.sweep_id)
@@ -355,6 +359,10 @@ def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_th
 
 def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_threads: int,
             ort_latency: bool | None, echo: bool) -> SweepResult:
+    from visattn.extras import require
+
+    require("scipy", purpose="the sweep's statistics")
+    require("matplotlib", purpose="the sweep's plots")
     metric = spec.metric_name
     results = [_checked(sweep_dir, r) for r in collect(sweep_dir, plans, metric)]
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):

@@ -32,11 +32,12 @@ MAP_KEYS = {"map": "map", "map50": "map_50", "map75": "map_75", "map_small": "ma
 
 def coco_backend() -> str:
     """torchmetrics' mAP backend: faster_coco_eval when installed (faster), else pycocotools."""
-    try:
-        import faster_coco_eval  # noqa: F401
-    except ImportError:
-        return "pycocotools"
-    return "faster_coco_eval"
+    from visattn.extras import available, require
+
+    if available("faster_coco_eval"):
+        return "faster_coco_eval"
+    require("pycocotools", purpose="detection mAP (torchmetrics' COCO evaluation)")
+    return "pycocotools"
 
 
 class ModelEMA:

@@ -85,7 +85,10 @@ def visualize_run(
     Default ``out``: ``<run>/figures/<checkpoint>`` (``untrained`` for the fresh model). Returns the PNG paths,
     ``index.png`` first.
     """
+    from visattn.extras import require
     from visattn.rundir import check_output_dir, claim_output_dir
+
+    require("matplotlib", purpose="visattn visualize (attention figures)")
     from visattn.viz.figures import write_figures
 
     if n < 1:
@@ -118,6 +121,9 @@ def measure_run(
     with_gradcam: bool = True,
 ) -> dict[str, float]:
     """``box_mass_report`` of a run's model over the first ``n`` images of ``split`` (a data set with boxes)."""
+    from visattn.extras import require
+
+    require("matplotlib", purpose="visattn visualize --measure")
     from visattn.viz.figures import to_inputs
     from visattn.viz.measure import box_mass_report
 
