@@ -60,9 +60,23 @@ def ensure_std_streams() -> None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
 
 
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_python_formatwarning = warnings.formatwarning
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """visattn's own warnings as one line ``visattn: warning: ...``: the file and source line Python adds say
+    nothing to a user; other libraries' warnings keep Python's format."""
+    if str(Path(filename).resolve()).startswith(PACKAGE_DIR):
+        return f"visattn: warning: {' '.join(str(message).split())}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; a user error prints one paragraph and exits 2 instead of a traceback."""
     ensure_std_streams()
+    warnings.formatwarning = format_warning  # commands only: a library caller keeps Python's format
     try:
         code = main()
     except USER_ERRORS as err:
@@ -76,14 +90,29 @@ class _DropLitLoggerTip(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
+VERBOSE_ENV = "VISATTN_VERBOSE"  # "1": Lightning's banners and notes are shown (``visattn train --verbose``)
+# Lightning's warnings that say nothing true or useful about a visattn run: a small set has fewer batches than the
+# logging interval (the epoch metrics are logged all the same), and "previous log files will be deleted" on resume
+# (visattn moves them aside first: visattn.train.keep_previous_logs).
+LIGHTNING_NOISE = (r".*smaller than the logging interval", r".*[Pp]revious log files in this directory will be deleted",
+                   r".*exists and is not empty")
+
+
 def quiet_lightning() -> None:
-    """Silence two messages Lightning prints on every run that a user can do nothing about: the "try installing
-    litlogger" advertisement and torch's ``LeafSpec`` deprecation, raised inside Lightning's own pytree code.
-    Idempotent; everything else Lightning says is kept. DataLoader workers and DDP children inherit the filters."""
+    """Silence the messages Lightning prints on every run that a user can do nothing about: the "try installing
+    litlogger" advertisement, torch's ``LeafSpec`` deprecation raised inside Lightning's own pytree code and, unless
+    ``VISATTN_VERBOSE=1`` (``--verbose``), its banners ("GPU available: False", "Restoring states from ...") and the
+    warnings in ``LIGHTNING_NOISE``. Idempotent; DataLoader workers and DDP children inherit the filters."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLitLoggerTip())
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):  # banners are INFO; warnings and errors stay
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def parse_value(text: str) -> Any:
@@ -233,7 +262,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     file_values = read_yaml(resolve_config(args.config)) if args.config else {}
     overrides: dict[str, Any] = nest_dotted(key_values(args.set, "--set"), {**TrainConfig().to_dict(), **file_values})
-    skip = {"config", "set", "trainer", "attn_at", "print_config"}
+    skip = {"config", "set", "trainer", "attn_at", "print_config", "verbose"}
     for key, value in vars(args).items():
         if key not in skip and value is not None:
             overrides[key] = value
@@ -277,6 +306,23 @@ def resume_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], 
     return make_config({}, {**values, **given, **location}, source=source)
 
 
+def chance_warning(metrics: Mapping[str, Any], *, lr: float) -> str:
+    """A warning line when the test metric is at chance (accuracy) or near 0 (mAP), as the sweep flags collapsed
+    runs (``visattn.sweep.stats.near_chance``); "" otherwise."""
+    from visattn.sweep.stats import near_chance
+
+    leaf = "acc" if metrics.get("task") == "classify" else "map"
+    value = (metrics.get("test") or {}).get(leaf)
+    if value is None or not math.isfinite(value):
+        return ""
+    reason = near_chance(leaf, value, metrics.get("num_classes"))
+    if not reason:
+        return ""
+    return (f"visattn: warning: test {leaf} {reason}: the model learned (next to) nothing. Train longer (--epochs, "
+            f"it was {metrics.get('epochs')}), change the learning rate (--lr, it was {lr:g}), or check the data and "
+            "its labels")
+
+
 TRAIN_EXAMPLES = """\
 examples:
   {prog} --backbone resnet18 --attn cbam                                     # digits, 32 px, 15 epochs
@@ -290,21 +336,22 @@ Precedence: flags, then the --config file, then the defaults shown above. The ru
 """
 
 
-def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
+def train_parser(prog: str = "visattn train") -> argparse.ArgumentParser:
     from visattn.commands import version_text
 
     parser = argparse.ArgumentParser(
         prog=prog, description="Train a backbone with attention blocks (classification or detection).",
         epilog=TRAIN_EXAMPLES.format(prog=prog) + "\nvalid choices:\n" + choices_text(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,  # --epoch is not --epochs
     )
     add_train_arguments(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--verbose", action="store_true", help="also show Lightning's own banners and notes")
     parser.add_argument("--version", action="version", version=version_text())
     return parser
 
 
-def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
+def train_main(argv: Sequence[str] | None = None, *, prog: str = "visattn train") -> int:
     from visattn.rundir import RunFinished
     from visattn.train import fit, prepare
 
@@ -314,6 +361,8 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # DDP children and DataLoader workers see it too
     quiet_lightning()
     try:
         prepared = prepare(config)
@@ -333,6 +382,9 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")
         if metrics.get("skipped_images"):
             print(f"skipped {metrics['skipped_images']} undecodable image(s) (--skip-bad-images)")
+        warning = chance_warning(metrics, lr=config.lr)
+        if warning:
+            print(warning, file=sys.stderr)
         diverged = [k for k, v in metrics["test"].items() if v is None or not math.isfinite(v)]
         if diverged:  # the training loss stayed finite, but the weights no longer give numbers
             print(f"visattn: error: non-finite test metric(s) {', '.join(diverged)} (null in metrics.json): the model "

@@ -8,7 +8,6 @@ and ends its ``--help`` with examples.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ def version_text() -> str:
 
 def new_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog.format(prog=prog),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=version_text())
     return parser
 
@@ -49,7 +48,7 @@ it came from the same checkpoint file with the same settings, and removed (the c
 """
 
 
-def export_main(argv: Sequence[str] | None = None, *, prog: str = "tools/export.py") -> int:
+def export_main(argv: Sequence[str] | None = None, *, prog: str = "visattn export") -> int:
     from visattn.export import DEFAULT_OPSET, FORMATS, export_run
 
     parser = new_parser(prog, "Export a trained run to ONNX, TorchScript and safetensors, each verified.",
@@ -79,9 +78,9 @@ def export_main(argv: Sequence[str] | None = None, *, prog: str = "tools/export.
     for item in report.get("removed_from_previous", []):
         print(f"{item.split(' ', 1)[0]}: the previous export's file was removed {item.split(' ', 1)[1]}; export "
               "that format again to remake it")
-    print(f"verified on {'real images and ' if report['real_images'] else ''}random input; "
+    print(f"verified on {'real images and ' if report['real_images'] else ''}random input within "
+          f"{report['tolerance']:g} ({'dynamic' if report['dynamic_batch'] else 'fixed'} batch); "
           f"report: {report['run']}/export/report.json")
-    print(json.dumps({"tolerance": report["tolerance"], "dynamic_batch": report["dynamic_batch"]}))
     return 0
 
 
@@ -97,7 +96,7 @@ through the run's own eval transform (the one validation used), rebuilt from mod
 """
 
 
-def predict_main(argv: Sequence[str] | None = None, *, prog: str = "tools/predict.py") -> int:
+def predict_main(argv: Sequence[str] | None = None, *, prog: str = "visattn predict") -> int:
     from visattn.predict import predict_folder, read_spec
 
     parser = new_parser(prog, "Predict with an exported model (ONNX through onnxruntime, or an export folder).",
@@ -141,7 +140,7 @@ that record boxes, e.g. cluttered-digits).
 """
 
 
-def visualize_main(argv: Sequence[str] | None = None, *, prog: str = "tools/visualize.py") -> int:
+def visualize_main(argv: Sequence[str] | None = None, *, prog: str = "visattn visualize") -> int:
     from visattn.viz.run import measure_run, visualize_run
 
     parser = new_parser(prog, "Attention figures of a trained run.", VISUALIZE_EXAMPLES)
@@ -188,7 +187,7 @@ MACs are multiply-accumulates; FLOPs = 2 x MACs. Latency is the median of --repe
 """
 
 
-def profile_main(argv: Sequence[str] | None = None, *, prog: str = "tools/profile_model.py") -> int:
+def profile_main(argv: Sequence[str] | None = None, *, prog: str = "visattn profile") -> int:
     import torch
 
     from visattn.cli import parse_value
@@ -281,7 +280,7 @@ def profile_main(argv: Sequence[str] | None = None, *, prog: str = "tools/profil
 
 
 # ------------------------------------------------------------------------------------------------------- blocks
-def blocks_main(argv: Sequence[str] | None = None, *, prog: str = "tools/blocks.py") -> int:
+def blocks_main(argv: Sequence[str] | None = None, *, prog: str = "visattn blocks") -> int:
     import torch
 
     import visattn
@@ -316,7 +315,7 @@ Writes <run>/eval-<data>-<split>.json: the metrics training reports, plus the co
 """
 
 
-def evaluate_main(argv: Sequence[str] | None = None, *, prog: str = "tools/evaluate.py") -> int:
+def evaluate_main(argv: Sequence[str] | None = None, *, prog: str = "visattn evaluate") -> int:
     from visattn.evaluate import evaluate_run
 
     parser = new_parser(prog, "Evaluate a run's weights (or an export folder) on a data set split.",
@@ -344,13 +343,13 @@ def evaluate_main(argv: Sequence[str] | None = None, *, prog: str = "tools/evalu
 
 
 # ------------------------------------------------------------------------------------------------- the program
-def sweep_command(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
+def sweep_command(argv: Sequence[str] | None = None, *, prog: str = "visattn sweep") -> int:
     from visattn.sweep.cli import sweep_main
 
     return sweep_main(argv, prog=prog)
 
 
-def train_command(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
+def train_command(argv: Sequence[str] | None = None, *, prog: str = "visattn train") -> int:
     from visattn.cli import train_main
 
     return train_main(argv, prog=prog)

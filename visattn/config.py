@@ -376,7 +376,7 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     if config.precision not in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"):
         raise ConfigError(f"precision {config.precision!r} not supported; use auto, 32, bf16-mixed or 16-mixed")
     if isinstance(config.attn, str) and "," in config.attn:
-        raise ConfigError(f"attn {config.attn!r}: one block per run (use tools/sweep.py to compare several)")
+        raise ConfigError(f"attn {config.attn!r}: one block per run (use visattn sweep to compare several)")
     if config.freeze not in FREEZE_CHOICES:
         raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {config.freeze!r}")
     scale = config.attn_lr_scale

@@ -431,12 +431,14 @@ def profile_training(model: torch.nn.Module, *, input_size: tuple[int, ...], pre
             "palm_mfu": None if theoretical is None else flops / theoretical[0],
             "theoretical_peak_gflops_s": None if theoretical is None else theoretical[0] / 1e9,
             "macs_per_image": macs, "train_flops_per_image": training_flops_per_image(macs), "precision": precision,
-            "steps": steps}
+            "steps": steps, "batch": input_size[0]}
 
 
 def training_report(result: dict[str, Any]) -> str:
     """One paragraph of :func:`profile_training`'s figures, for ``visattn profile``."""
-    return (f"training step ({result['precision']}, {result['steps']} timed steps): median {result['step_ms']:.1f} ms "
+    batch = f"batch {result['batch']}, " if "batch" in result else ""
+    return (f"training step ({batch}precision {result['precision']}, {result['steps']} timed steps): "
+            f"median {result['step_ms']:.1f} ms "
             f"(min {result['step_ms_min']:.1f}, max {result['step_ms_max']:.1f}), {result['img_s']:.1f} img/s, "
             f"{result['train_flops_per_image'] / 1e9:.3f} GFLOPs/image (3 x forward), "
             f"{result['train_gflops_s']:.1f} GFLOP/s = {100 * (result['matmul_peak_share'] or 0):.1f}% of the "

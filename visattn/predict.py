@@ -148,7 +148,7 @@ def read_spec(model_path: Path) -> dict[str, Any]:
 
     folder = model_path if model_path.is_dir() else model_path.parent
     if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{folder / 'model.json'} not found: predict needs the model.json that tools/export.py "
+        raise FileNotFoundError(f"{folder / 'model.json'} not found: predict needs the model.json that visattn export "
                                 "writes")
     return read_export_values(folder)
 

@@ -68,10 +68,10 @@ def default_workers() -> int:
     return max(1, min(8, available_cpus()))
 
 
-def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
+def build_parser(prog: str = "visattn sweep") -> argparse.ArgumentParser:
     from visattn.commands import version_text
 
-    parser = argparse.ArgumentParser(prog=prog, epilog=EPILOG.format(prog=prog),
+    parser = argparse.ArgumentParser(prog=prog, epilog=EPILOG.format(prog=prog), allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Ablation sweep: backbones x attention blocks (x places x "
                                                  "hyperparameters) x seeds, with tables, statistics and plots.")
@@ -143,7 +143,7 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
+def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "visattn sweep") -> int:
     from visattn.rundir import check_name
     from visattn.sweep.grid import check_grid, expand, make_spec
     from visattn.sweep.run import report_sweep, run_sweep

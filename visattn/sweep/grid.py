@@ -386,6 +386,6 @@ def read_sweep_file(sweep_dir: Path) -> tuple[SweepSpec, list[RunPlan]]:
 
     path = sweep_dir / "sweep.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); tools/sweep.py makes them")
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); visattn sweep makes them")
     payload = json.loads(read_file(path))
     return SweepSpec(**payload["spec"]), [RunPlan(**p) for p in payload["runs"]]

@@ -42,12 +42,12 @@ class ClassificationModule(L.LightningModule):
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         self.frozen_norms = norms_outside_blocks(model) if freeze_bn else []  # see visattn.tasks.finetune
-        top5 = min(5, num_classes)
-        metrics = MetricCollection({  # no compute groups: top-5 and macro-F1 must not share top-1 states
-            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "acc5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        }, compute_groups=False)
+        chosen = {"acc": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes > 5:  # top-5 of 5 classes or fewer is always 1: not a measurement
+            chosen["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        chosen["f1"] = MulticlassF1Score(num_classes, average="macro")
+        # no compute groups: top-5 and macro-F1 must not share top-1 states
+        metrics = MetricCollection(chosen, compute_groups=False)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")

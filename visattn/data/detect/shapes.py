@@ -72,12 +72,22 @@ def generation_count() -> int:
     return _generations
 
 
+CACHE_ENV = "VISATTN_CACHE_DIR"  # where generated data sets go, when set
+
+
 def default_cache_root() -> Path:
-    """``<repo>/data_cache`` for a source checkout, else ``<cwd>/data_cache``."""
-    repo = Path(__file__).resolve().parents[2]
+    """Where generated data sets are kept: ``$VISATTN_CACHE_DIR`` when set; else ``<repo>/data_cache`` in a source
+    checkout; else the per-user cache ``$XDG_CACHE_HOME/visattn/data`` (``~/.cache/visattn/data``), never the
+    current directory (a pip user's working folder is not the package's)."""
+    override = os.environ.get(CACHE_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    repo = Path(__file__).resolve().parents[3]  # visattn/data/detect/shapes.py -> the checkout
     if (repo / "pyproject.toml").is_file() and (repo / "visattn").is_dir():
         return repo / "data_cache"
-    return Path.cwd() / "data_cache"
+    from visattn.perf import cache_dir
+
+    return cache_dir() / "data"
 
 
 # ---------------------------------------------------------------- rendering
