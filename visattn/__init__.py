@@ -15,13 +15,32 @@ def count(model, *, input_size=(1, 3, 224, 224), device=None):  # noqa: ANN001, 
 
 
 def load(path, *, checkpoint="best"):  # noqa: ANN001, ANN201
-    """Rebuild a model from an export folder or a run directory; see :func:`visattn.export.load`."""
-    from visattn.export import load as _load
+    """A :class:`visattn.api.Predictor` of an export folder or a run directory: ``load(path)(images)`` gives labels
+    and scores or boxes, ``load(path)(tensor)`` and ``.module`` the raw module; see :func:`visattn.api.load`."""
+    from visattn.api import load as _load
 
     return _load(path, checkpoint=checkpoint)
 
 
+def __getattr__(name):  # noqa: ANN001, ANN202
+    """``visattn.train`` (the module, callable as the Python API: ``visattn.train(backbone="resnet18", ...)``),
+    ``visattn.TrainConfig``, ``Run`` and ``Predictor``, imported on first use."""
+    import importlib
+
+    if name == "train":
+        return importlib.import_module("visattn.train")
+    if name == "TrainConfig":
+        return importlib.import_module("visattn.config").TrainConfig
+    if name in ("Run", "Predictor"):
+        return getattr(importlib.import_module("visattn.api"), name)
+    raise AttributeError(f"module 'visattn' has no attribute {name!r}")
+
+
 __all__ = [
+    "Predictor",
+    "Run",
+    "TrainConfig",
+    "train",
     "build_attention",
     "build_model",
     "count",

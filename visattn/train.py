@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -579,10 +580,25 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Prepare and fit one run; the library entry point behind ``tools/train.py``. A finished run (``--resume``
-    without more epochs) is left as it is and its metrics.json returned."""
+    """Prepare and fit one run; the library entry point behind ``visattn train``. A finished run (``--resume``
+    without more epochs) is left as it is and its metrics.json returned. A ``TrainConfig`` made directly (defaults
+    left None) is resolved and checked as the command line's is (``make_config``)."""
+    config = make_config({}, config.to_dict(), source="TrainConfig")
     try:
         prepared = prepare(config)
     except RunFinished as done:
         return done.metrics
     return fit(prepared)
+
+
+class _CallableModule(types.ModuleType):
+    """``visattn.train(backbone=..., attn=...)`` is the Python API (:func:`visattn.api.train`, returning a ``Run``),
+    while ``visattn.train`` stays this module (``visattn.train.prepare``, ``import visattn.train as vt``)."""
+
+    def __call__(self, config: Any = None, /, **values: Any) -> Any:
+        from visattn.api import train as api_train
+
+        return api_train(config, **values)
+
+
+sys.modules[__name__].__class__ = _CallableModule
