@@ -183,3 +183,28 @@ def test_spec_round_trip_keeps_detection_fields(tmp_path: Path):
     spec = detect_spec("csp_n", "eca", 64, {}, iou_threshold=0.5)
     rebuilt = ModelSpec(**json.loads(json.dumps(spec.__dict__)))
     assert rebuilt == spec and rebuilt.build().num_classes == 3
+
+
+def test_detection_export_compares_real_boxes_and_records_its_thresholds(detect_run, tmp_path, monkeypatch):
+    """Issue 23, finding 7: a 1-epoch detector may find nothing at 0.25; the check then still compares boxes (NMS at
+    VERIFY_CONF on both decoded outputs), refuses when there are none at all, and --conf/--iou go into model.json."""
+    import visattn.export as export_module
+
+    report = export_run(detect_run, formats="onnx", conf_threshold=0.05, iou_threshold=0.5)
+    checks = report["formats"]["onnx"]["checks"]
+    assert all(c["detections_low_conf"] > 0 and c["box_agreement_low_conf"] >= 0.95 for c in checks)
+    spec = json.loads((detect_run / "export" / "model.json").read_text())
+    assert spec["conf_threshold"] == 0.05 and spec["iou_threshold"] == 0.5
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(images / "grey.png")
+    predict_folder(detect_run / "export" / "model.onnx", images, conf_threshold=0.05)  # allowed: the export's
+    with pytest.raises(ValueError, match="below the 0.05 this ONNX file was exported with"):
+        predict_folder(detect_run / "export" / "model.onnx", images, conf_threshold=0.01)
+    monkeypatch.setattr(export_module, "VERIFY_CONF", 0.99999)
+    with pytest.raises(ExportError, match="0 detections compared"):
+        export_run(detect_run, formats="torchscript", conf_threshold=0.99999)
+    with pytest.raises(ValueError, match="--conf must be a number in"):
+        export_run(detect_run, formats="torchscript", conf_threshold=1.5)

@@ -301,8 +301,9 @@ def test_ruler_in_epoch_line_and_logs_and_eval_without_grad(capsys, monkeypatch)
     # training epoch loop builds that loop with inference_mode=False), which is as fast for these models
     assert {mode for mode in module.modes} == {("val", False, False), ("test", True, False)}
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
-    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ")
-    assert "acc " in lines[0] and "img/s" in lines[0] and "GFLOP/s" in lines[0] and "of mm peak" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  train loss ")  # issue 23: says what it shows
+    assert "val acc " in lines[0] and "ETA" in lines[0]
+    assert "img/s" in lines[0] and "GFLOP/s" in lines[0] and "of mm peak" in lines[0]
     assert len(lines[0]) == len(lines[1])  # aligned columns
     history = throughput.history
     assert len(history) == 2

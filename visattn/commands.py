@@ -49,7 +49,7 @@ it came from the same checkpoint file with the same settings, and removed (the c
 
 
 def export_main(argv: Sequence[str] | None = None, *, prog: str = "visattn export") -> int:
-    from visattn.export import DEFAULT_OPSET, FORMATS, export_run
+    from visattn.export import DEFAULT_OPSET, FORMATS, VERIFY_CONF, export_run
 
     parser = new_parser(prog, "Export a trained run to ONNX, TorchScript and safetensors, each verified.",
                         EXPORT_EXAMPLES)
@@ -61,15 +61,21 @@ def export_main(argv: Sequence[str] | None = None, *, prog: str = "visattn expor
     parser.add_argument("--img-size", type=int, help="input size of the export (default: the run's)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     parser.add_argument("--half", action="store_true", help="float16 weights and inputs (tolerance 5e-2)")
+    parser.add_argument("--conf", type=float, help="detection: minimum box score of the ONNX file's NMS, recorded in "
+                                                   "model.json; predict may go down to it (default: 0.25)")
+    parser.add_argument("--iou", type=float, help="detection: IoU threshold of NMS (default: 0.6)")
     args = parser.parse_args(argv)
     report = export_run(args.run, checkpoint=args.checkpoint, formats=args.format, dynamic_batch=args.dynamic_batch,
-                        img_size=args.img_size, opset=args.opset, half=args.half)
+                        img_size=args.img_size, opset=args.opset, half=args.half, conf_threshold=args.conf,
+                        iou_threshold=args.iou)
     for fmt, result in report["formats"].items():
         worst = max(c["max_abs_diff"] for c in result["checks"])
         if "box_agreement" in result["checks"][0]:
             agree = f"box agreement {min(c['box_agreement'] for c in result['checks']):.0%}"
             boxes = sum(c["detections"] for c in result["checks"])
-            agree += f" ({boxes} boxes)  NMS {report['nms'][fmt].split(':')[0]}"
+            low = sum(c.get("detections_low_conf", 0) for c in result["checks"])
+            agree += (f" ({boxes} boxes at conf {report['conf_threshold']:g}, {low} at conf {VERIFY_CONF:g})  "
+                      f"NMS {report['nms'][fmt].split(':')[0]}")
         else:
             agree = f"top-1 agreement {min(c['top1_agreement'] for c in result['checks']):.0%}"
         print(f"{fmt:<12} {result['file']:<22} {result['bytes'] / 1e6:8.2f} MB  max |diff| {worst:.2e}  {agree}  ok")

@@ -36,6 +36,9 @@ FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on
 # Detections may differ where two overlapping boxes of one class score within float noise of each other (NMS
 # keeps either); below this share of matched boxes the export fails.
 MIN_BOX_AGREEMENT = 0.95
+# A detector's export is also compared after NMS at this confidence on the decoded outputs: at the export's own
+# threshold an untrained or early model may find no box at all, and "0 boxes agree" verifies nothing.
+VERIFY_CONF = 0.001
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -280,7 +283,7 @@ def detection_agreement(exported: torch.Tensor, eager: torch.Tensor) -> float:
 
 
 def compare_detection(name: str, exported: Any, eager: tuple[torch.Tensor, torch.Tensor], tolerance: float,
-                      nms: Any, side: int) -> dict[str, Any]:
+                      nms: Any, side: int, low_nms: Any = None) -> dict[str, Any]:
     """``exported``: (decoded, detections), or decoded alone (NMS then runs here through ``nms``).
 
     ``max_abs_diff`` is the larger of the class-score difference and the box difference in units of the
@@ -295,9 +298,14 @@ def compare_detection(name: str, exported: Any, eager: tuple[torch.Tensor, torch
     score = float(delta[..., 4:].max())
     diff = max(score, box_px / side)
     agree = detection_agreement(detections.float(), eager[1].float())
-    return {"input": name, "batch": int(reference.shape[0]), "max_abs_diff": diff, "max_score_diff": score,
-            "max_box_diff_px": box_px, "detections": int(len(eager[1])), "box_agreement": agree,
-            "passed": bool(diff <= tolerance and agree >= MIN_BOX_AGREEMENT)}
+    result = {"input": name, "batch": int(reference.shape[0]), "max_abs_diff": diff, "max_score_diff": score,
+              "max_box_diff_px": box_px, "detections": int(len(eager[1])), "box_agreement": agree}
+    if low_nms is not None:  # NMS at VERIFY_CONF on both decoded outputs: boxes to compare even before training
+        low_eager = low_nms(reference)
+        low_agree = detection_agreement(low_nms(decoded.float()).float(), low_eager.float())
+        result.update(detections_low_conf=int(len(low_eager)), box_agreement_low_conf=low_agree)
+        agree = min(agree, low_agree)
+    return {**result, "passed": bool(diff <= tolerance and agree >= MIN_BOX_AGREEMENT)}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int,
@@ -383,6 +391,8 @@ def export_model(
 
         with_nms = DetectorWithNMS(model, conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold,
                                    max_det=spec.max_det)
+        low_nms = DetectorWithNMS(model, conf_threshold=min(VERIFY_CONF, spec.conf_threshold),
+                                  iou_threshold=spec.iou_threshold, max_det=spec.max_det).select
     tolerance = FP16_TOLERANCE if half else FP32_TOLERANCE
     size = spec.img_size
     gen = torch.Generator().manual_seed(0)
@@ -418,8 +428,12 @@ def export_model(
             else:
                 path, run = folder / "model.safetensors", export_safetensors(model, spec, folder)
             if detect:
-                checks = [compare_detection(name, run(x), eager[name], tolerance, with_nms.select, size)
+                checks = [compare_detection(name, run(x), eager[name], tolerance, with_nms.select, size, low_nms)
                           for name, x in inputs.items()]
+                if not sum(c["detections_low_conf"] for c in checks):
+                    raise ExportError(f"{fmt}: 0 detections compared: the model gives no box scoring {VERIFY_CONF:g} "
+                                      "or more on any verification input, so the export cannot be checked; "
+                                      "train the run longer")
             else:
                 checks = [compare(name, run(x), eager[name], tolerance) for name, x in inputs.items()]
             report["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "checks": checks,
@@ -531,8 +545,13 @@ def export_run(
     img_size: int | None = None,
     opset: int = DEFAULT_OPSET,
     half: bool = False,
+    conf_threshold: float | None = None,
+    iou_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Export a run's model into ``<run>/export/`` (verified; see the module docstring); returns the report.
+
+    Detection: ``conf_threshold`` / ``iou_threshold`` (default: the spec's, 0.25 / 0.6) go into the ONNX file's
+    NMS and model.json; ``visattn predict --conf`` may go down to the exported confidence with the ONNX file.
 
     Formats not asked for this time are kept from the previous export when they were made from the same checkpoint
     file with the same spec and settings (report.json records both); otherwise they are removed, and the returned
@@ -552,6 +571,14 @@ def export_run(
     if img_size is not None:
         model.check_input_size(img_size, img_size)
         spec.img_size = img_size
+    for key, value, flag in (("conf_threshold", conf_threshold, "--conf"), ("iou_threshold", iou_threshold, "--iou")):
+        if value is None:
+            continue
+        if spec.task != "detect":
+            raise ValueError(f"{flag} applies to detection runs; {run_dir} is a {spec.task!r} run")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{flag} must be a number in [0, 1), got {value!r}")
+        setattr(spec, key, float(value))
     config, _ = read_run_files(run_dir)
     images = sample_images(spec, config, 4, spec.img_size)
     target = run_dir / "export"

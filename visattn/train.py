@@ -353,12 +353,12 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
     except ImportError:
         pass
     progress = sys.stdout is not None and sys.stdout.isatty()  # None: started with stdout closed
-    if progress:
-        from lightning.pytorch.callbacks import RichProgressBar
+    from visattn.tasks.progress import EpochBar, ProgressLines
 
-        callbacks.append(RichProgressBar())
-    else:
-        callbacks.append(EpochSummary(throughput, monitor=monitor_metric(config)))
+    if progress:  # a bar with the epoch line's columns, and the epoch line above it at each epoch's end
+        callbacks.append(EpochBar(throughput, monitor=monitor_metric(config)))
+    else:  # a log: the epoch line, and a progress line every 30 s within a long epoch
+        callbacks += [EpochSummary(throughput, monitor=monitor_metric(config)), ProgressLines()]
     trainer_args: dict[str, Any] = dict(
         default_root_dir=run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=precision, logger=loggers,

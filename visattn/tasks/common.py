@@ -300,6 +300,24 @@ class ThroughputMonitor(L.Callback):
         return out
 
 
+METRIC_LABELS = {"val/acc": "val acc", "val/map": "val mAP50-95", "val/map50": "val mAP50"}
+
+
+def metric_label(key: str) -> str:
+    """What a logged metric is, in words a user reads: ``val/map`` -> ``val mAP50-95``."""
+    return METRIC_LABELS.get(key, key.replace("/", " "))
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: fixed pieces for an aligned column."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class EpochSummary(L.Callback):
     """One short aligned line per epoch when no progress bar is shown (logs, CI); every metric stays in the
     CSV/TensorBoard logs. Printed at the end of the training epoch, after validation, so the train loss and the
@@ -308,6 +326,19 @@ class EpochSummary(L.Callback):
     def __init__(self, throughput: ThroughputMonitor | None = None, *, monitor: str = "val/acc") -> None:
         self.throughput = throughput
         self.monitor = monitor
+        self.fit_start: float | None = None
+        self.first_epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_start, self.first_epoch = time.perf_counter(), trainer.current_epoch  # a resume starts later
+
+    def eta(self, trainer: L.Trainer) -> str:
+        """Time left for the remaining epochs at this part's mean epoch time (training and validation)."""
+        done = trainer.current_epoch + 1 - self.first_epoch
+        left = (trainer.max_epochs or 0) - trainer.current_epoch - 1
+        if self.fit_start is None or done < 1:
+            return "-"
+        return format_duration((time.perf_counter() - self.fit_start) / done * max(left, 0))
 
     def line(self, trainer: L.Trainer) -> str:
         metrics = trainer.callback_metrics
@@ -317,12 +348,12 @@ class EpochSummary(L.Callback):
             return format(float(metrics[key]), fmt) if key in metrics else "-"
 
         stats = self.throughput.history[-1] if self.throughput and self.throughput.history else {}
-        metric = self.monitor.split("/", 1)[-1]
         share = f"{100 * stats['matmul_peak_share']:5.1f}%" if "matmul_peak_share" in stats else "     -"
         return (f"epoch {trainer.current_epoch + 1:>{width}}/{trainer.max_epochs}  "
-                f"loss {value('train/loss_epoch', '7.4f'):>7}  {metric} {value(self.monitor, '6.4f'):>6}  "
+                f"train loss {value('train/loss_epoch', '7.4f'):>7}  {metric_label(self.monitor)} "
+                f"{value(self.monitor, '6.4f'):>6}  "
                 f"{stats.get('throughput_img_s', 0):7.1f} img/s  {stats.get('train_gflops_s', 0):6.1f} GFLOP/s  "
-                f"{share} of mm peak  {stats.get('epoch_train_s', 0):6.1f}s")
+                f"{share} of mm peak  {stats.get('epoch_train_s', 0):6.1f}s  ETA {self.eta(trainer):>7}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
