@@ -145,3 +145,34 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_run, capsys):
     assert code == 0 and "finished" in out, out
     assert (tiny_run / "metrics.json").read_bytes() == before
     assert json.loads(before)["throughput_img_s"] is not None
+
+
+def test_run_names_include_the_users_data_folder(tmp_path):
+    """Finding 10: a second image folder no longer collides with the first run's name."""
+    pets = make_config({}, {"data": "imagefolder", "data_dir": str(tmp_path / "pets")})
+    birds = make_config({}, {"data": "imagefolder", "data_dir": str(tmp_path / "birds") + "/"})
+    assert pets.run_name() == "imagefolder-pets-resnet18-none-s0"
+    assert birds.run_name() == "imagefolder-birds-resnet18-none-s0"
+    assert make_config({}, {"task": "detect", "data": "yolo", "data_dir": "~/cones"}).run_name() == \
+        "yolo-cones-resnet18-none-s0"
+    assert make_config({}, {}).run_name() == "digits-resnet18-none-s0"  # built-in sets keep their names
+
+
+def test_sweep_table_fits_the_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from visattn.sweep import report
+
+    header = ["configuration", *[f"column {i}" for i in range(12)], "verdict"]
+    cells = [["resnet18+cbam@layer3.x+layer4.x", *["0.1234 ± 0.0012"] * 12,
+              "better than none (p=0.003, paired t over 3 seeds; d=1.2)"]]
+    monkeypatch.setattr(report, "accuracy_rows", lambda rows, metric: (header, cells))
+    monkeypatch.setattr(report, "cost_rows", lambda rows, ort: (header, cells))
+    terminal = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
+    report.print_table([], "acc", title="sweep", console=terminal)
+    assert max(len(line) for line in terminal.file.getvalue().splitlines()) <= 100
+    log = Console(file=io.StringIO(), width=100, force_terminal=False, color_system=None)
+    report.print_table([], "acc", title="sweep", console=log)
+    assert any(len(line) > 100 and "better than none" in line for line in log.file.getvalue().splitlines())

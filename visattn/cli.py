@@ -232,7 +232,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--attn-lr-scale", type=float, metavar="F", help="factor on the learning rate of the inserted blocks "
                                                           "(default: 1)")
     add("--out", help=f"parent folder of run directories (default: {base.out})")
-    add("--name", help="run directory name (default: <data>-<backbone>-<attn>-s<seed>)")
+    add("--name", help="run directory name (default: <data>-<backbone>-<attn>-s<seed>; <data> is e.g. "
+                       "imagefolder-<folder name> for a data set of your own)")
     add("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
         help="continue a run from its last.ckpt with its own config.yaml: RUN_DIR, or the run named by --out/--name "
              f"(or the defaults); flags given with it may change only {', '.join(SAFE_ON_RESUME)}")

@@ -112,7 +112,10 @@ class TrainConfig:
         if self.name:
             return self.name
         # a default name is made a valid folder name (visattn.rundir.check_name): e.g. an ``at`` glob's brackets
-        return re.sub(r"[^\w.@+=-]", "_", f"{self.data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}")
+        data = self.data
+        if data in ANNOUNCE_SIZE and self.data_dir:  # the user's own folder: two data sets must not share a name
+            data = f"{data}-{Path(str(self.data_dir)).expanduser().resolve().name or 'root'}"
+        return re.sub(r"[^\w.@+=-]", "_", f"{data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -534,20 +534,24 @@ def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: 
     return text
 
 
-def print_table(rows: list[ConfigSummary], metric: str, *, title: str) -> None:
+def print_table(rows: list[ConfigSummary], metric: str, *, title: str, console: Any = None) -> None:
+    """The two tables on the console. A terminal's width is kept (the first and last, text, columns wrap); a log
+    (no terminal) gets every row on one line, however wide."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     with_ort = any(r.ort_latency_ms is not None or r.ort_note for r in rows)
     for caption, (header, cells) in ((title, accuracy_rows(rows, metric)), ("cost", cost_rows(rows, ort=with_ort))):
         table = Table(title=caption)
         for i, column in enumerate(header):
-            table.add_column(column, justify="left" if i in (0, len(header) - 1) else "right", no_wrap=True)
+            text = i in (0, len(header) - 1)
+            table.add_column(column, justify="left" if text else "right", no_wrap=not (text and console.is_terminal))
         for row in cells:
             table.add_row(*row)
-        widths = [max(len(str(c)) for c in column) for column in zip(header, *cells, strict=True)]
-        console.width = max(console.width, sum(widths) + 3 * len(widths) + 1)
+        if not console.is_terminal:
+            widths = [max(len(str(c)) for c in column) for column in zip(header, *cells, strict=True)]
+            console.width = max(console.width, sum(widths) + 3 * len(widths) + 1)
         console.print(table)
 
 
