@@ -109,7 +109,10 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_DropLitLoggerTip())
     if os.environ.get(VERBOSE_ENV) == "1":
         return
-    for name in ("lightning.pytorch", "lightning.fabric"):  # banners are INFO; warnings and errors stay
+    # the banners ("GPU available", "Restoring states", "`Trainer.fit` stopped") are INFO of these loggers; warnings
+    # and errors stay, and so does "Initializing distributed: GLOBAL_RANK ..." (how many processes a DDP run has)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in LIGHTNING_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
