@@ -74,7 +74,8 @@ def export_main(argv: Sequence[str] | None = None, *, prog: str = "visattn expor
             agree = f"box agreement {min(c['box_agreement'] for c in result['checks']):.0%}"
             boxes = sum(c["detections"] for c in result["checks"])
             low = sum(c.get("detections_low_conf", 0) for c in result["checks"])
-            agree += (f" ({boxes} boxes at conf {report['conf_threshold']:g}, {low} at conf {VERIFY_CONF:g})  "
+            agree += (f" ({boxes} boxes at conf {report['conf_threshold']:g}; {low} candidates >= {VERIFY_CONF:g} "
+                      "before NMS)  "
                       f"NMS {report['nms'][fmt].split(':')[0]}")
         else:
             agree = f"top-1 agreement {min(c['top1_agreement'] for c in result['checks']):.0%}"
