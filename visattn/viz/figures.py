@@ -118,7 +118,7 @@ def draw_overlay(ax: Axes, image: np.ndarray, value: torch.Tensor, title: str, s
     """``value`` over the grey image on its layer's ``scale``; a constant map as a grey wash, labelled so."""
     ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
     flat = constant_value(value)
-    ax.set_gid(f"overlay:{scale.label}")
+    ax.set_gid(f"overlay:{scale.name or scale.label}")
     if flat is not None:
         ax.imshow(np.full(image.shape[:2], 0.5), cmap="gray", vmin=0.0, vmax=1.0, alpha=0.6)
         ax.set_title(f"{title}\nconstant ({flat:.3g})", fontsize=7)
@@ -134,7 +134,7 @@ def colour_bar(fig: Figure, scale: Scale, *, ax: Axes | None = None, cax: Axes |
     mappable = ScalarMappable(norm=Normalize(scale.vmin, scale.vmax), cmap=scale.cmap)
     bar = fig.colorbar(mappable, ax=ax, cax=cax, fraction=0.046, pad=0.03)
     bar.ax.tick_params(labelsize=6)
-    bar.ax.set_gid(f"colorbar:{scale.label}")
+    bar.ax.set_gid(f"colorbar:{scale.name or scale.label}")
     bar.set_label(f"{scale.label} {scale.text}", fontsize=6)
 
 

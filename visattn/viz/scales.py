@@ -29,6 +29,7 @@ class Scale:
     vmax: float
     cmap: str
     label: str
+    name: str = ""  # the layer (figure row) it belongs to
 
     @property
     def text(self) -> str:
@@ -59,10 +60,10 @@ def layer_scale(maps: Iterable[torch.Tensor], *, name: str, density: bool = Fals
     high = max((float(m.max()) for m in values), default=1.0)
     low = min((float(m.min()) for m in values), default=0.0)
     if density:
-        return Scale(0.0, max(DENSITY_TOP, high), DENSITY_CMAP, f"{name}: samples per pixel (1 = uniform)")
+        return Scale(0.0, max(DENSITY_TOP, high), DENSITY_CMAP, f"{name}: samples per pixel (1 = uniform)", name)
     if unit_range:
-        return Scale(0.0, 1.0, ATTENTION_CMAP, f"{name} (0-1)")
+        return Scale(0.0, 1.0, ATTENTION_CMAP, f"{name} (0-1)", name)
     low = min(0.0, low)  # non-negative maps start at 0: a flat map is not stretched
     if high <= low:
         high = low + 1.0
-    return Scale(low, high, ATTENTION_CMAP, name)
+    return Scale(low, high, ATTENTION_CMAP, name, name)
