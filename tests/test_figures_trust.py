@@ -10,7 +10,7 @@ import torch
 
 import visattn
 from visattn.viz.figures import Analysis, image_figure, index_figure, write_figures
-from visattn.viz.measure import box_mass_report, box_masks, mass_in_boxes
+from visattn.viz.measure import box_masks, box_mass_report, mass_in_boxes
 
 N, SIZE = 3, 16
 

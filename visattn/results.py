@@ -75,6 +75,7 @@ class ResultsCollector(L.Callback):
     def __init__(self, *, task: str) -> None:
         self.task = task
         self.metrics: dict[str, Any] = {}
+        self.computed: dict[str, torch.Tensor] = {}  # on every rank at the end of the test loop (a collective)
         self.detection: Any = None
         self._logits: torch.Tensor | None = None
         self._handle: Any = None
@@ -99,13 +100,15 @@ class ResultsCollector(L.Callback):
         n = int(trainer.datamodule.num_classes)
         self.metrics = {"confusion": MulticlassConfusionMatrix(n), "precision": MulticlassPrecision(n, average=None),
                         "recall": MulticlassRecall(n, average=None), "f1": MulticlassF1Score(n, average=None)}
+        self.metrics = {key: metric.to(pl_module.device) for key, metric in self.metrics.items()}
+        self.computed = {}
         self._handle = pl_module.model.register_forward_hook(self._keep)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.task == "detect" or self._logits is None:
             return
-        logits, target = self._logits.float().cpu(), batch[1].cpu()  # (B, classes), (B,)
+        logits, target = self._logits.float(), batch[1]  # (B, classes), (B,)
         for metric in self.metrics.values():
             metric.update(logits, target)
 
@@ -113,6 +116,8 @@ class ResultsCollector(L.Callback):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self.metrics:  # every rank: under DDP, compute gathers the other ranks' counts
+            self.computed = {key: metric.compute().cpu() for key, metric in self.metrics.items()}
 
 
 @dataclass
@@ -126,8 +131,8 @@ class RunResults:
 # ------------------------------------------------------------------------------------------------------- tables
 def classification_table(collector: ResultsCollector, names: Sequence[str]) -> tuple[list[dict[str, Any]], list]:
     """Per-class rows (precision, recall, F1, support) and the confusion matrix (rows: true class)."""
-    matrix = collector.metrics["confusion"].compute().long()
-    values = {key: collector.metrics[key].compute().tolist() for key in ("precision", "recall", "f1")}
+    matrix = collector.computed["confusion"].long()
+    values = {key: collector.computed[key].tolist() for key in ("precision", "recall", "f1")}
     support = matrix.sum(1).tolist()
     rows = [{"class": name_of(c, names), "precision": values["precision"][c], "recall": values["recall"][c],
              "f1": values["f1"][c], "support": int(support[c])} for c in range(matrix.shape[0])]
@@ -227,7 +232,7 @@ def write_run_results(*, trainer: L.Trainer, module: L.LightningModule, datamodu
     matrix: list[list[int]] | None = None
     if collector is not None and task == "detect" and collector.detection is not None:
         rows = detection_table(collector.detection, names)
-    elif collector is not None and collector.metrics:
+    elif collector is not None and collector.computed:
         rows, matrix = classification_table(collector, names)
     if rows:
         write_csv(run_dir / PER_CLASS_CSV, rows)
