@@ -98,9 +98,12 @@ def test_image_figure_shares_the_layer_scale_of_all_images():
 
 
 def test_strip_labels_are_not_cut_off():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fig = image_figure(analysis(), 0, images()[0])
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     labels = [ax.yaxis.label for ax in fig.axes if ax.get_ylabel().endswith("ch)")]
     assert labels
     for label in labels:
