@@ -249,7 +249,7 @@ def image_figure(
     cols = min(COLUMNS, len(panels))
     rows = -(-len(panels) // cols)
     panel_height, strip_height = 2.3 * rows, (0.25 * len(strips) + 0.3 if strips else 0.0)
-    width = 2.4 * cols
+    width = max(2.4 * cols, 7.0 if strips else 0.0)  # strips and their labels need room even beside one panel
     fig = Figure(figsize=(width, panel_height + strip_height))
     split = strip_height / (panel_height + strip_height)  # figure fraction below the panels
     grid = fig.add_gridspec(rows, cols, hspace=0.45, wspace=0.35, left=0.03, right=0.97, top=0.94,
@@ -259,11 +259,11 @@ def image_figure(
     if strips:
         labels = [f"{name} ({weights.shape[1]} ch)" for name, weights in strips]
         left = min(0.6, (0.15 + STRIP_CHAR_IN * max(len(t) for t in labels)) / width)  # room for the longest label
-        strip_grid = fig.add_gridspec(len(strips), 1, hspace=0.6, left=left, right=0.9, top=split - 0.01,
+        strip_grid = fig.add_gridspec(len(strips), 1, hspace=0.6, left=left, right=0.86, top=split - 0.01,
                                       bottom=0.02)
         for j, ((_, weights), label) in enumerate(zip(strips, labels, strict=True)):
             draw_strip(fig.add_subplot(strip_grid[j, 0]), weights[index], label)
-        cax = fig.add_axes((0.92, 0.02, 0.012, max(split - 0.03, 0.01)))
+        cax = fig.add_axes((0.88, 0.02, 0.012, max(split - 0.03, 0.01)))
         colour_bar(fig, Scale(0.0, 1.0, "viridis", "channel weight"), cax=cax)
     return fig
 
