@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from visattn.cli import train_main
-from visattn.results import NO_MATPLOTLIB, epoch_history, test_line
+from visattn.results import NO_MATPLOTLIB, epoch_history, format_test_metrics
 
 TINY = ["--data", "digits", "--img-size", "16", "--epochs", "2", "--batch-size", "32", "--limit", "64",
         "--num-workers", "0", "--precision", "32", "--set", "backbone_args.base_width=4"]
@@ -25,9 +25,9 @@ def one_thread():
 
 
 def test_size_maps_are_printed_only_where_the_split_has_such_objects():
-    line = test_line({"map": 0.5, "map50": 0.75, "map_small": -1.0, "map_medium": 0.25, "map_large": -1.0})
+    line = format_test_metrics({"map": 0.5, "map50": 0.75, "map_small": -1.0, "map_medium": 0.25, "map_large": -1.0})
     assert line == "map=0.5000, map50=0.7500, map_medium=0.2500"
-    assert test_line({"acc": 0.9, "loss": None}) == "acc=0.9000, loss=None"
+    assert format_test_metrics({"acc": 0.9, "loss": None}) == "acc=0.9000, loss=None"
 
 
 def rows(path) -> list[dict[str, str]]:

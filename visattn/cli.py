@@ -325,11 +325,11 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
         print(line, file=sys.stderr)
     metrics = fit(prepared)
     if prepared.trainer.is_global_zero:
-        from visattn.results import test_line
+        from visattn.results import format_test_metrics
 
         for line in getattr(prepared.results, "lines", []):
             print(line)
-        test = test_line(metrics["test"])  # map_small/medium/large only where the split has such objects
+        test = format_test_metrics(metrics["test"])  # map_small/medium/large only where the split has such objects
         print(f"run: {prepared.run_dir}\ntest: {test}\ntrain time: {metrics['train_time_s']:.1f}s, "
               f"throughput: {metrics['throughput_img_s'] or 0:.0f} img/s, data wait: "
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")

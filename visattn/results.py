@@ -37,7 +37,7 @@ NO_MATPLOTLIB = ("visattn: pictures skipped (results.png and the others): matplo
                  "pip install 'visattn[viz]' to get them")
 
 
-def test_line(test: Mapping[str, float | None]) -> str:
+def format_test_metrics(test: Mapping[str, float | None]) -> str:
     """The end-of-run ``test:`` line; ``map_small/medium/large`` only where the split has such objects (-1)."""
     shown = [f"{key}={value:.4f}" if isinstance(value, (int, float)) else f"{key}={value}"
              for key, value in test.items()
