@@ -95,7 +95,8 @@ class TrainConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        return f"{self.data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}"
+        backbone = self.backbone.replace(":", "-")  # timm:convnext_atto -> timm-convnext_atto: no ':' in paths
+        return f"{self.data}-{backbone}-{attn_label(self.attn)}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
