@@ -22,9 +22,10 @@ empty, so an empty model computes exactly what timm's does; state-dict keys chan
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import timm
@@ -115,6 +116,19 @@ class StageSlots(nn.Module):
         self.blocks = nn.ModuleList()
 
 
+@contextlib.contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for a probe forward; every module's own mode is restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def class_path(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
@@ -174,6 +188,21 @@ def find_stages(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[li
                 blocks.append((member_path, member))
         stages.append(blocks)
     return stages
+
+
+def blocks_after(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[str]:
+    """Blocks in the last feature's sequence that run after it (GhostNet's last stride-32 blocks): no stage owns
+    them, so they get no slot."""
+    parent_path, _, leaf = feature_info[-1]["module"].rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if not (is_sequence(parent) and leaf.isdigit()):
+        return []
+    out = []
+    for index in range(int(leaf) + 1, len(parent)):
+        path = join(parent_path, str(index))
+        inner = blocks_of(path, parent[index])
+        out += [name for name, _ in inner] if inner is not None else [path] if is_block(parent[index]) else []
+    return out
 
 
 def on_grid(rows: int, cols: int, height: int, width: int) -> bool:
@@ -298,30 +327,29 @@ class TimmBackbone(Backbone):
             else:
                 handles.append(module.register_forward_pre_hook(
                     lambda m, a, key=key: keep(key, a[0] if a else None)))
-        modes = {m: m.training for m in self.model.modules()}
-        errors = []
+        errors: list[str] = []
         try:
-            self.model.eval()
             for image in self._probe_image():
                 for values in seen.values():
                     values.clear()
                 try:
-                    with torch.no_grad():
+                    with probing(self.model):
                         self.model(torch.zeros(1, self.input.channels, *image))
+                    self.probe_errors = errors  # sizes the model refused: check_input_size then tries the size asked
                     return image, seen
                 except Exception as err:  # noqa: BLE001 - a model that rejects this probe size may take the next
                     errors.append(f"{image[0]}x{image[1]}: {type(err).__name__}{': ' if str(err) else ''}{err}")
         finally:
             for handle in handles:
                 handle.remove()
-            for module, training in modes.items():
-                module.training = training
         raise ValueError(f"{PREFIX}:{self.timm_name} failed on a zero probe image ({'; '.join(errors)})")
 
     def _add_slots(self, label: str, feature_info: list[dict[str, Any]]) -> str | None:
         """Find, check and create every slot; returns why ``forward_stages`` cannot work, or None."""
         try:
             stage_blocks = find_stages(self.model, feature_info)
+            for path in blocks_after(self.model, feature_info):
+                self.unslotted[path] = f"runs after the last feature timm reports ({feature_info[-1]['module']})"
         except (AttributeError, IndexError, TypeError) as err:
             raise ValueError(f"{label}: cannot follow feature_info through the model's modules: {err}") from err
         sites: dict[tuple[str, str], nn.Module] = {}
@@ -336,6 +364,7 @@ class TimmBackbone(Backbone):
                     except AttributeError:
                         self.unslotted[join(path, point[0])] = f"{type(block).__name__} has no {point[0]}"
         image, seen = self._record(sites)
+        self.probe_size = image
 
         def place(key: tuple[str, str], role: str, channels: int | None, prefer: str | None) -> HookedSlot | None:
             """A slot at ``key`` in the layout seen there, hooked now; None (and the reason kept) if none fits."""
@@ -389,17 +418,12 @@ class TimmBackbone(Backbone):
         if not hasattr(self.model, "forward_intermediates"):
             return (f"{label} ({type(self.model).__name__}) has no forward_intermediates, so its stage features "
                     "(for a detection neck) cannot be read")
-        modes = {m: m.training for m in self.model.modules()}
         try:
-            self.model.eval()
-            with torch.no_grad():
+            with probing(self.model):
                 outputs = self.model.forward_intermediates(torch.zeros(1, self.input.channels, *image),
                                                            intermediates_only=True)
         except Exception as err:  # noqa: BLE001 - reported when a detector asks for the stages
             return f"{label}: forward_intermediates failed: {type(err).__name__}: {err}"
-        finally:
-            for module, training in modes.items():
-                module.training = training
         if len(outputs) != len(self.stage_info):
             return (f"{label}: forward_intermediates gives {len(outputs)} maps but feature_info lists "
                     f"{len(self.stage_info)} stages")
@@ -418,6 +442,13 @@ class TimmBackbone(Backbone):
         stride = max(info.stride for info in self.stage_info)
         if min(height, width) < stride:
             raise ValueError(f"{label}: image size {height}x{width} is smaller than its deepest stride {stride}")
+        if self.probe_errors:  # a model with its own size rules (e.g. HaloNet's blocks): ask it
+            try:
+                with probing(self.model):
+                    self.model(torch.zeros(1, self.input.channels, height, width))
+            except Exception as err:  # noqa: BLE001 - timm asserts; the user gets one paragraph
+                raise ValueError(f"{label} cannot take {height}x{width} images: {type(err).__name__} {err}".strip()
+                                 + f" (it ran at {self.probe_size[0]}x{self.probe_size[1]})") from err
 
     def reset_classifier(self, num_classes: int) -> None:
         self.model.reset_classifier(num_classes)
