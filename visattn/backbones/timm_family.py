@@ -45,7 +45,19 @@ BRANCH_POINTS: dict[str, tuple[str, str]] = {
     "timm.models.resnet.BasicBlock": ("bn2", "after"),
     "timm.models.resnet.Bottleneck": ("bn3", "after"),
     "timm.models.resnest.ResNestBottleneck": ("bn3", "after"),
+    "timm.models.res2net.Bottle2neck": ("bn3", "after"),
+    "timm.models.senet.SEBottleneck": ("bn3", "after"),
+    "timm.models.senet.SEResNetBottleneck": ("bn3", "after"),
+    "timm.models.senet.SEResNeXtBottleneck": ("bn3", "after"),
+    "timm.models.sknet.SelectiveKernelBasic": ("conv2", "after"),
+    "timm.models.sknet.SelectiveKernelBottleneck": ("conv3", "after"),
+    "timm.models.resnetv2.Bottleneck": ("drop_path", "before"),
+    "timm.models.resnetv2.PreActBasic": ("drop_path", "before"),
+    "timm.models.resnetv2.PreActBottleneck": ("drop_path", "before"),
     "timm.models.regnet.Bottleneck": ("conv3", "after"),
+    "timm.models.regnet.PreBottleneck": ("conv3", "after"),
+    "timm.models.nfnet.NormFreeBlock": ("drop_path", "before"),
+    "timm.models.cspnet.BottleneckBlock": ("drop_path", "before"),
     "timm.models.convnext.ConvNeXtBlock": ("drop_path", "before"),
     "timm.models.byobnet.BasicBlock": ("drop_path", "before"),
     "timm.models.byobnet.BottleneckBlock": ("drop_path", "before"),
@@ -58,6 +70,7 @@ BRANCH_POINTS: dict[str, tuple[str, str]] = {
     "timm.models._efficientnet_blocks.InvertedResidual": ("se", "after"),
     "timm.models._efficientnet_blocks.DepthwiseSeparableConv": ("se", "after"),
     "timm.models._efficientnet_blocks.EdgeResidual": ("se", "after"),
+    "timm.models._efficientnet_blocks.UniversalInvertedResidual": ("se", "after"),
     "timm.models.rexnet.LinearBottleneck": ("act_dw", "before"),
     "timm.models.ghostnet.GhostBottleneck": ("ghost2", "before"),
 }
@@ -190,6 +203,15 @@ def find_stages(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[li
     return stages
 
 
+def stage_site(model: nn.Module, path: str) -> str:
+    """The module whose output is the feature at ``path``: itself, or the last entry of a ``ModuleList`` (which is
+    iterated, never called, so a hook on it would not run)."""
+    module = model.get_submodule(path)
+    while isinstance(module, nn.ModuleList) and len(module):
+        path, module = f"{path}.{len(module) - 1}", module[len(module) - 1]
+    return path
+
+
 def blocks_after(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[str]:
     """Blocks in the last feature's sequence that run after it (GhostNet's last stride-32 blocks): no stage owns
     them, so they get no slot."""
@@ -206,19 +228,18 @@ def blocks_after(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[s
 
 
 def on_grid(rows: int, cols: int, height: int, width: int) -> bool:
-    """Whether a (rows, cols) map is the (height, width) image at some integer stride (floor or ceil)."""
-    for stride in range(1, max(height, width) + 1):
-        if rows in (height // stride, -(-height // stride)) and cols in (width // stride, -(-width // stride)):
-            return True
-    return False
+    """Whether a (rows, cols) map is the (height, width) image at one integer stride, to within a cell (convs with
+    and without padding)."""
+    return any(abs(rows - height / s) <= 1 and abs(cols - width / s) <= 1 for s in range(1, max(height, width) + 1))
 
 
 def token_grid(count: int, height: int, width: int) -> tuple[int, int] | None:
+    """(rows, cols) of ``count`` tokens laid on the (height, width) image at one integer stride, if any."""
     for stride in range(1, max(height, width) + 1):
-        for rows in {height // stride, -(-height // stride)}:
-            for cols in {width // stride, -(-width // stride)}:
-                if rows * cols == count:
-                    return rows, cols
+        for rows in range(max(1, int(height / stride) - 1), int(height / stride) + 2):
+            cols, rest = divmod(count, rows)
+            if rest == 0 and abs(cols - width / stride) <= 1 and abs(rows - height / stride) <= 1:
+                return rows, cols
     return None
 
 
@@ -354,7 +375,10 @@ class TimmBackbone(Backbone):
             raise ValueError(f"{label}: cannot follow feature_info through the model's modules: {err}") from err
         sites: dict[tuple[str, str], nn.Module] = {}
         for info, blocks in zip(feature_info, stage_blocks, strict=True):
-            sites[(info["module"], "after")] = self.model.get_submodule(info["module"])
+            if not info["module"]:  # TResNet reports its stem as the model itself
+                continue
+            sites[(stage_site(self.model, info["module"]), "after")] = self.model.get_submodule(
+                stage_site(self.model, info["module"]))
             for path, block in blocks:
                 sites[(path, "after")] = block
                 point = BRANCH_POINTS.get(class_path(block))
@@ -389,7 +413,10 @@ class TimmBackbone(Backbone):
                               prefix=prefix)
 
         for index, (info, blocks) in enumerate(zip(feature_info, stage_blocks, strict=True)):
-            stage_key = (info["module"], "after")
+            if not info["module"]:
+                self.unslotted[f"stages.{index}"] = "timm names the whole model ('') as this feature"
+                continue
+            stage_key = (stage_site(self.model, info["module"]), "after")
             stage_shape = seen[stage_key][0] if len(seen[stage_key]) == 1 else None
             stage_layout = (find_layout(stage_shape, image, prefix=self.num_prefix_tokens,
                                         channels=int(info["num_chs"]), prefer=None)
