@@ -46,6 +46,7 @@ BRANCH_POINTS: dict[str, tuple[str, str]] = {
     "timm.models.resnet.Bottleneck": ("bn3", "after"),
     "timm.models.resnest.ResNestBottleneck": ("bn3", "after"),
     "timm.models.res2net.Bottle2neck": ("bn3", "after"),
+    "timm.models.senet.SEResNetBlock": ("bn2", "after"),
     "timm.models.senet.SEBottleneck": ("bn3", "after"),
     "timm.models.senet.SEResNetBottleneck": ("bn3", "after"),
     "timm.models.senet.SEResNeXtBottleneck": ("bn3", "after"),
@@ -322,8 +323,9 @@ class TimmBackbone(Backbone):
             try:
                 self.model.get_submodule(entry["module"])
             except AttributeError as err:
-                raise ValueError(f"{label}: feature_info names module {entry['module']!r}, which the model does "
-                                 f"not have ({err})") from err
+                raise ValueError(f"{label}: its feature_info names module {entry['module']!r}, which the model "
+                                 f"does not have ({err}); visattn places the stage and block slots by feature_info, "
+                                 "so it cannot wrap this model") from err
         return info
 
     def _probe_image(self) -> list[tuple[int, int]]:
