@@ -158,10 +158,11 @@ def is_block(module: nn.Module) -> bool:
 
 def blocks_of(path: str, module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """The blocks a stage container holds, or None when ``module`` is not one."""
+    blocks = getattr(module, "blocks", None)
     if is_sequence(module):
         children = [(f"{path}.{name}", child) for name, child in module.named_children()]
-    elif is_sequence(getattr(module, "blocks", None) or nn.Identity()):
-        children = [(f"{path}.blocks.{name}", child) for name, child in module.blocks.named_children()]
+    elif isinstance(blocks, nn.Module) and is_sequence(blocks):
+        children = [(f"{path}.blocks.{name}", child) for name, child in blocks.named_children()]
     elif type(module).__name__.endswith("Stage") and len({type(c) for c in module.children()}) == 1:
         children = [(f"{path}.{name}", child) for name, child in module.named_children()]  # e.g. RegNet's RegStage
     else:
@@ -185,7 +186,8 @@ def find_stages(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[li
         in_sequence = is_sequence(parent) and leaf.isdigit()
         if previous is not None and previous[0] != parent_path:  # what ran after the previous feature's sequence
             before = model.get_submodule(previous[0])
-            members += [(join(previous[0], str(i)), before[i]) for i in range(previous[1] + 1, len(before))]
+            members += [(join(previous[0], str(i)), before[i]) for i in range(previous[1] + 1, len(before))
+                        if not path.startswith(join(previous[0], str(i)) + ".")]  # not the one holding this feature
         if in_sequence:
             start = previous[1] + 1 if previous is not None and previous[0] == parent_path else 0
             members += [(join(parent_path, str(i)), parent[i]) for i in range(start, int(leaf) + 1)]
@@ -200,7 +202,7 @@ def find_stages(model: nn.Module, feature_info: list[dict[str, Any]]) -> list[li
                 blocks += inner
             elif is_block(member) and (in_sequence or member_path != path):
                 blocks.append((member_path, member))
-        stages.append(blocks)
+        stages.append(list(dict((name, (name, block)) for name, block in blocks).values()))  # each block once
     return stages
 
 
