@@ -15,8 +15,9 @@ from torch import nn
 import visattn.attention  # noqa: F401  (registers the blocks)
 import visattn.backbones  # noqa: F401  (registers the backbones)
 from visattn.attention import build_attention
-from visattn.layers import AttentionSlot
-from visattn.registry import BACKBONES, check_kwargs, did_you_mean, keyword_names
+from visattn.layers import AttentionSlot, empty_slots
+from visattn.layers.gate import GATE_INITS
+from visattn.registry import ATTENTION, BACKBONES, check_kwargs, did_you_mean, keyword_names
 
 logger = logging.getLogger("visattn")
 
@@ -73,7 +74,7 @@ def _normalise_specs(attn: AttnSpec) -> list[dict[str, Any]]:
     return specs
 
 
-def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block") -> nn.Module:
+def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block", init: str | None = None) -> nn.Module:
     """Put attention blocks into ``model``'s slots.
 
     ``attn`` is a block name (default slots: those whose role is ``default_role``), a mapping
@@ -81,7 +82,10 @@ def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block")
     those. The block name "none" leaves the slots empty (the baseline costs exactly nothing).
     A glob that matches no slot, a slot filled twice, or a block that cannot be built for a slot's
     channel count raises with the slot names that exist.
+    ``init`` ("paper" or "identity"): the ``init`` of every block whose spec does not set one in its ``args``.
     """
+    if init is not None and init not in GATE_INITS:
+        raise ValueError(f"attention init must be one of {list(GATE_INITS)}, got {init!r}")
     slots = _slot_modules(model)
     names = list(slots)
     plan: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -111,6 +115,11 @@ def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block")
     for target, (block, args) in plan.items():
         if block == "none":
             continue
+        if init is not None and "init" not in args:
+            if "init" not in keyword_names(ATTENTION.get(block)):
+                raise ValueError(f"attention block {block!r} takes no 'init' argument, so it cannot be started "
+                                 f"{init!r}; every registered block should take init='paper' | 'identity'")
+            args = {**args, "init": init}
         slot = slots[target]
         try:
             module = build_attention(block, slot.channels, **args)
@@ -126,6 +135,7 @@ class LoadReport:
 
     path: str
     loaded: int = 0
+    output_change: float | None = None  # set by measure_output_change: what the inserted blocks do to the output
     attention_initialised: list[str] = field(default_factory=list)
     classifier_reinitialised: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)  # re-initialised key -> why (shape mismatch, not in file)
@@ -141,6 +151,9 @@ class LoadReport:
                 ", ".join(keys) + (f" ({reason})" if reason else "") for reason, keys in why.items()))
         if self.attention_initialised:
             parts.append(f"{len(self.attention_initialised)} attention tensors left at init")
+        if self.output_change is not None:
+            parts.append(f"the inserted blocks change the output by {self.output_change:.3g} (relative L2"
+                         f"{', the identity' if self.output_change == 0 else ''})")
         return "; ".join(parts)
 
 
@@ -221,10 +234,12 @@ def build_model(
     img_size: int | None = None,
     pretrained: str | Path | None = None,
     backbone_args: Mapping[str, Any] | None = None,
+    attn_init: str | None = None,
 ) -> nn.Module:
     """Build ``backbone`` with attention blocks in its slots.
 
-    ``attn``: see :func:`fill_slots`. ``img_size`` is passed to backbones that take it (ViT, Swin).
+    ``attn``, ``attn_init``: see :func:`fill_slots` (its ``attn`` and ``init``). ``img_size`` is passed to
+    backbones that take it (ViT, Swin).
     ``backbone_args``: further keyword arguments of the backbone's builder (e.g. ``depth``), checked
     against its signature. ``pretrained``: a local weights file, loaded after the slots are filled (a
     backbone may name its own instead, as ``pretrained_file``: timm's ``pretrained_cfg_overlay``).
@@ -239,7 +254,7 @@ def build_model(
     model = ctor(**kwargs)
     if img_size is not None:
         model.check_input_size(img_size, img_size)
-    fill_slots(model, attn, default_role=getattr(model, "default_slot_role", "block"))
+    fill_slots(model, attn, default_role=getattr(model, "default_slot_role", "block"), init=attn_init)
     own_file = getattr(model, "pretrained_file", None)  # a family's own way to name weights (timm's overlay file)
     if own_file is not None and pretrained is not None:
         raise ValueError(f"backbone {backbone!r} got weights twice: pretrained={str(pretrained)!r} and its own "
@@ -249,3 +264,26 @@ def build_model(
         model.pretrained_report = load_pretrained(model, pretrained)
     return model
 
+
+
+def _flat_outputs(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output.detach().float().flatten()
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    return torch.cat([_flat_outputs(item) for item in output])
+
+
+@torch.no_grad()
+def measure_output_change(model: nn.Module, images: torch.Tensor) -> float:
+    """Relative L2 change ``|f(x) - f0(x)| / |f0(x)|`` of eval-mode outputs, ``f0`` being ``model`` with every slot
+    empty: 0 when the inserted blocks leave a (pretrained) network as it was, about 0.5 for gates halving it."""
+    was_training = model.training
+    model.eval()
+    try:
+        with_blocks = _flat_outputs(model(images))
+        with empty_slots(model):
+            without = _flat_outputs(model(images))
+    finally:
+        model.train(was_training)
+    return float((with_blocks - without).norm() / without.norm().clamp_min(1e-12))

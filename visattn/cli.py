@@ -14,7 +14,9 @@ from typing import Any
 import yaml
 
 from visattn.config import (
+    ATTN_INITS,
     DATA_IMG_SIZE,
+    FREEZE_CHOICES,
     OPTIMIZER_DEFAULTS,
     SAFE_ON_RESUME,
     TASK_DEFAULTS,
@@ -154,6 +156,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--backbone", help=f"see the list below (default: {base.backbone})")
     add("--attn", help="an attention block (list below), or 'none' (default: none)")
     add("--attn-at", help="glob(s) over slot names, comma-separated (default: the backbone's default slots)")
+    add("--attn-init", choices=ATTN_INITS, help="how inserted blocks start: paper (the published init) or identity "
+                                                "(output unchanged at step 0); auto = identity with --pretrained, "
+                                                "else paper (default: auto)")
     add("--data", help=f"a data set (list below) (default: {by_task('data')})")
     add("--data-dir", help="folder of an imagefolder / cifar / coco / yolo data set")
     add("--img-size", type=int, help=f"square input side (default by data set: {img_size_defaults()})")
@@ -169,6 +174,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "validation metric (default: off)")
     add("--seed", type=int, help=f"(default: {base.seed})")
     add("--pretrained", metavar="PATH", help="local weights file (.pth, .safetensors, .ckpt); nothing is downloaded")
+    add("--freeze", choices=FREEZE_CHOICES, help="backbone: train only the attention blocks and the head "
+                                                 "(default: none)")
+    add("--freeze-bn", action="store_true", default=None,
+        help="BatchNorm outside the blocks keeps its loaded running statistics (default: off)")
+    add("--attn-lr-scale", type=float, metavar="F", help="factor on the learning rate of the inserted blocks "
+                                                          "(default: 1)")
     add("--out", help=f"parent folder of run directories (default: {base.out})")
     add("--name", help="run directory name (default: <data>-<backbone>-<attn>-s<seed>)")
     add("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -44,6 +45,10 @@ ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
                   "visualize_every", "channels_last", "compile")  # the last two: memory layout and compilation only
 LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how it was reached, not what it is
+# How inserted blocks start (visattn.layers.gate): "auto" is "identity" with a pretrained file (the network's output
+# is unchanged at step 0), else "paper" (the published block).
+ATTN_INITS = ("auto", "paper", "identity")
+FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
@@ -56,6 +61,7 @@ class TrainConfig:
     task: str = "classify"
     backbone: str = "resnet18"
     attn: Any = None  # a block name, or a list of {"block", "at", "args"} mappings (see visattn.fill_slots)
+    attn_init: str = "auto"  # paper | identity | auto (identity with `pretrained`); a block's args.init wins
     backbone_args: dict[str, Any] = field(default_factory=dict)
     neck: str = "pan"
     scale: str = "n"
@@ -77,6 +83,9 @@ class TrainConfig:
     early_stopping: int | None = None  # patience in epochs on the validation metric
     seed: int = 0
     pretrained: str | None = None
+    freeze: str = "none"  # none | backbone: train only the attention blocks and the head (visattn.tasks.finetune)
+    freeze_bn: bool = False  # BatchNorm outside the blocks keeps its loaded running statistics
+    attn_lr_scale: float = 1.0  # factor on the lr of the inserted blocks' parameters
     num_workers: int | None = None
     out: str = "runs"
     name: str | None = None  # run directory name; default from data, backbone, attn and seed
@@ -300,6 +309,29 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         raise ConfigError(f"precision {config.precision!r} not supported; use auto, 32, bf16-mixed or 16-mixed")
     if isinstance(config.attn, str) and "," in config.attn:
         raise ConfigError(f"attn {config.attn!r}: one block per run (use tools/sweep.py to compare several)")
+    if config.freeze not in FREEZE_CHOICES:
+        raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {config.freeze!r}")
+    scale = config.attn_lr_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ConfigError(f"attn_lr_scale must be a finite number >= 0, got {scale!r}")
+    overlay = config.backbone_args.get("pretrained_cfg_overlay")
+    if overlay is not None:  # timm's way to name a weights file: a run loads it as `pretrained`, so it is reported,
+        if not isinstance(overlay, Mapping) or set(overlay) != {"file"}:  # checked and starts blocks as the identity
+            raise ConfigError(f"backbone_args.pretrained_cfg_overlay must be {{file: PATH}} (a local weights file; "
+                              f"nothing is downloaded), got {overlay!r}")
+        if config.pretrained and str(config.pretrained) != str(overlay["file"]):
+            raise ConfigError(f"weights given twice: pretrained {config.pretrained!r} and "
+                              f"backbone_args.pretrained_cfg_overlay {overlay!r}; give one")
+        config.pretrained = str(overlay["file"])
+        config.backbone_args = {k: v for k, v in config.backbone_args.items() if k != "pretrained_cfg_overlay"}
+    if config.attn_init not in ATTN_INITS:
+        raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {config.attn_init!r}")
+    if config.attn_init == "auto":
+        config.attn_init = "identity" if config.pretrained else "paper"
+        if config.pretrained and attn_label(config.attn) != "none":
+            notice("visattn: attention blocks start as the identity (attn_init identity, the default with "
+                   "--pretrained: the pretrained network's output is unchanged at step 0; --attn-init paper for "
+                   "the published init)")
     return config
 
 

@@ -157,6 +157,7 @@ def build_detector(
     pretrained: str | Path | None = None,
     backbone_args: Mapping[str, Any] | None = None,
     reg_max: int = 16,
+    attn_init: str | None = None,
 ) -> Detector:
     """Build a detector on the registered ``backbone`` (headless) with neck ``neck`` at ``scale``.
 
@@ -164,7 +165,7 @@ def build_detector(
     to the neck outputs (role "neck"); use ``at`` globs such as ``backbone.*`` or ``neck.*`` elsewhere.
     ``pretrained``: a local file; a classification file (or any backbone weights) loads into the backbone
     (its classifier ignored), a detection file (keys ``backbone.*``) into the whole detector.
-    ``reg_max``: DFL bins per box side (1: plain softplus distances).
+    ``reg_max``: DFL bins per box side (1: plain softplus distances). ``attn_init``: see :func:`visattn.fill_slots`.
     """
     require(isinstance(num_classes, int) and num_classes >= 1, "build_detector", "num_classes", "an int >= 1",
             num_classes)
@@ -179,7 +180,7 @@ def build_detector(
     detector = Detector(body, neck_module, head)
     detector.check_input_size(img_size, img_size)
     detector.frozen_unused = freeze_unused(body, img_size)
-    fill_slots(detector, attn, default_role=Detector.default_slot_role)
+    fill_slots(detector, attn, default_role=Detector.default_slot_role, init=attn_init)
     if pretrained is not None:
         is_detector_file = any(key.startswith("backbone.") for key in read_state_dict(pretrained))
         detector.pretrained_report = load_pretrained(detector if is_detector_file else body, pretrained)

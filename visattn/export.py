@@ -64,6 +64,7 @@ class ModelSpec:
     conf_threshold: float = 0.25
     iou_threshold: float = 0.6
     max_det: int = 100
+    attn_init: str = "paper"  # how the blocks were started; "identity" changes their gate (visattn.layers.gate)
 
     def build(self) -> nn.Module:
         if self.task == "detect":
@@ -71,11 +72,11 @@ class ModelSpec:
 
             return build_detector(self.backbone, attn=self.attn, num_classes=self.num_classes,
                                   neck=self.neck or "pan", scale=self.scale or "n", img_size=self.img_size,
-                                  backbone_args=self.backbone_args)
+                                  backbone_args=self.backbone_args, attn_init=self.attn_init)
         if self.task != "classify":
             raise ExportError(f"unknown task {self.task!r} in the model spec; valid tasks: classify, detect")
         return build_model(self.backbone, attn=self.attn, num_classes=self.num_classes, in_chans=self.in_chans,
-                           img_size=self.img_size, backbone_args=self.backbone_args)
+                           img_size=self.img_size, backbone_args=self.backbone_args, attn_init=self.attn_init)
 
     def class_weight_key(self) -> str:
         """The state-dict key whose first dimension is the number of classes."""
@@ -124,6 +125,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Modul
         class_names=list(metrics.get("class_names") or []), mean=list(augment.get("mean", IMAGENET_MEAN)),
         std=list(augment.get("std", IMAGENET_STD)),
         neck=config.get("neck") if task == "detect" else None, scale=config.get("scale") if task == "detect" else None,
+        attn_init=config.get("attn_init") or "paper",  # runs made before the option started every block "paper"
     )
     head_key = spec.class_weight_key()
     if head_key not in state:

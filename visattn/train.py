@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from visattn.build import measure_output_change
 from visattn.config import (
     FIELDS,
     LOCATION_KEYS,
@@ -37,6 +38,7 @@ from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
 from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, NonFiniteLossError, ThroughputMonitor
+from visattn.tasks.finetune import freeze_parameters
 from visattn.tasks.monitors import BlockStatsMonitor
 
 CHECKPOINTS = "checkpoints"
@@ -184,6 +186,7 @@ def saved_config(run_dir: Path) -> TrainConfig:
     """The run's own config.yaml, resolved (keys of older versions that no longer exist are dropped)."""
     path = run_dir / "config.yaml"
     values = {k: v for k, v in read_yaml(path).items() if k in FIELDS}
+    values.setdefault("attn_init", "paper")  # runs made before the option started every block as published
     try:
         return make_config({}, values, source=str(path))
     except ConfigError as err:
@@ -246,24 +249,39 @@ def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
     from visattn.build import build_model
 
     common = dict(lr=config.lr, weight_decay=config.weight_decay, optimizer=config.optimizer,
-                  momentum=config.momentum, warmup_epochs=config.warmup_epochs)
+                  momentum=config.momentum, warmup_epochs=config.warmup_epochs,
+                  attn_lr_scale=float(config.attn_lr_scale), freeze_bn=config.freeze_bn)
     if config.task == "detect":
         from visattn.detect import build_detector
         from visattn.tasks.detect import DetectionModule
 
         model = build_detector(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
                                neck=config.neck, scale=config.scale, img_size=config.img_size,
-                               pretrained=config.pretrained, backbone_args=config.backbone_args)
+                               pretrained=config.pretrained, backbone_args=config.backbone_args,
+                               attn_init=config.attn_init)
+        prepare_finetune(model, config, datamodule)
         return apply_speed_options(DetectionModule(model, num_classes=datamodule.num_classes,
                                                    img_size=config.img_size, **common), config)
     from visattn.tasks.classify import ClassificationModule
 
     model = build_model(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
                         in_chans=datamodule.in_chans, img_size=config.img_size, pretrained=config.pretrained,
-                        backbone_args=config.backbone_args)
+                        backbone_args=config.backbone_args, attn_init=config.attn_init)
+    prepare_finetune(model, config, datamodule)
     module = ClassificationModule(model, num_classes=datamodule.num_classes, img_size=config.img_size,
                                   in_chans=datamodule.in_chans, label_smoothing=config.label_smoothing, **common)
     return apply_speed_options(module, config)
+
+
+def prepare_finetune(model: torch.nn.Module, config: TrainConfig, datamodule: Any) -> None:
+    """Freeze what ``config.freeze`` names, and measure what the inserted blocks do to a pretrained network's output
+    on a few of the run's own validation images (the load report prints it; metrics.json keeps it)."""
+    freeze_parameters(model, config.freeze)
+    report = getattr(model, "pretrained_report", None)
+    if report is not None:
+        images = next(iter(datamodule.val_dataloader()))[0][:8]
+        with torch.random.fork_rng(devices=[]):  # a loader draws its base seed: training must not see this pass
+            report.output_change = measure_output_change(model, images)
 
 
 def apply_speed_options(module: L.LightningModule, config: TrainConfig) -> L.LightningModule:
@@ -453,9 +471,41 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
             prepared.lock.release()
 
 
+START_FILE = "pretrained.json"  # a pretrained run's load report and metrics before its first step
+
+
+def pretrained_start(prepared: PreparedRun) -> dict[str, Any]:
+    """What loading did (tensors loaded, the inserted blocks' relative change of the output) and the validation and
+    test metrics of the freshly built model before any step, measured by the run's own task module: what
+    fine-tuning starts from. Written to ``START_FILE`` at once, so a resumed run still reports them."""
+    path = prepared.run_dir / START_FILE
+    if prepared.resume_from is not None:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    report = getattr(prepared.module.model, "pretrained_report", None)
+    probe = L.Trainer(accelerator=prepared.config.accelerator, devices=1, precision=prepared.trainer.precision,
+                      logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    at_start: dict[str, dict[str, float]] = {}
+    with torch.random.fork_rng(devices=[]):  # a loader draws its base seed: training must not see this pass
+        for stage, run in (("val", probe.validate), ("test", probe.test)):
+            values = run(prepared.module, datamodule=prepared.datamodule, verbose=False)
+            at_start[stage] = {k.split("/", 1)[1]: float(v) for k, v in (values[0] if values else {}).items()}
+    result = {"loaded_tensors": None if report is None else report.loaded,
+              "output_change": None if report is None else report.output_change, "at_start": at_start}
+    write_json_atomic(path, result)
+    return result
+
+
 def _fit(prepared: PreparedRun) -> dict[str, Any]:
     config, trainer, module = prepared.config, prepared.trainer, prepared.module
     torch_threads = torch.get_num_threads()
+    start_info: dict[str, Any] = {}
+    if config.pretrained and trainer.world_size == 1:
+        start_info = pretrained_start(prepared)
+        shown = ", ".join(f"{stage} {key} {value:.4f}" for stage, values in start_info.get("at_start", {}).items()
+                          for key, value in values.items() if key in ("acc", "map"))
+        if shown and prepared.resume_from is None:
+            print(f"visattn: before training (step 0): {shown}", file=sys.stderr)
     start = time.perf_counter()
     # weights_only=True explicitly: the environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) cannot turn on code loading
     trainer.fit(module, datamodule=prepared.datamodule,
@@ -501,6 +551,9 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
         "torch_threads": torch_threads,
         "device": str(module.device),
     }
+    if config.pretrained:
+        metrics["pretrained"] = {"file": config.pretrained, "attn_init": config.attn_init, "freeze": config.freeze,
+                                 "freeze_bn": config.freeze_bn, "attn_lr_scale": config.attn_lr_scale, **start_info}
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)
         write_json_atomic(prepared.run_dir / "metrics.json", metrics)

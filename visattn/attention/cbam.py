@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init, gate, zero_
 from visattn.layers.precision import full_precision
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
@@ -23,22 +24,31 @@ from visattn.registry import ATTENTION
 
 @ATTENTION.register("channel_gate")
 class ChannelGate(nn.Module):
-    """Shared MLP (C -> C // r -> C) over the average- and max-pooled descriptors, summed, sigmoid."""
+    """Shared MLP (C -> C // r -> C) over the average- and max-pooled descriptors, summed, sigmoid.
+
+    ``init="identity"``: the MLP's last layer starts at zero and the gate is ``2 * sigmoid`` (visattn.layers.gate).
+    """
 
     _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
-    def __init__(self, channels: int, *, reduction: int = 16) -> None:
+    def __init__(self, channels: int, *, reduction: int = 16, init: str = "paper") -> None:
         super().__init__()
+        check_init("channel_gate", init)
         require(isinstance(reduction, int) and reduction >= 1, "channel_gate", "reduction", "an int >= 1",
                 reduction)
         hidden = max(1, channels // reduction)  # the paper's C // r; one unit at least for narrow maps (as timm)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        self.init = init
+        if init == "identity":
+            zero_(self.mlp[2])
+        if init == "identity_alpha":  # PILOT
+            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             avg = self.mlp(x.mean((2, 3)))  # (B, C)
             mx = self.mlp(x.amax((2, 3)))  # (B, C)
-            return torch.sigmoid(avg + mx)[:, :, None, None]  # (B, C, 1, 1)
+            return gate(avg + mx, self.init, getattr(self, "alpha", None))[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
@@ -48,21 +58,31 @@ class ChannelGate(nn.Module):
 
 @ATTENTION.register("spatial_gate")
 class SpatialGate(nn.Module):
-    """Channel-wise max and mean, 7x7 conv (no bias), BatchNorm (momentum 0.1, see the module docstring), sigmoid."""
+    """Channel-wise max and mean, 7x7 conv (no bias), BatchNorm (momentum 0.1, see the module docstring), sigmoid.
+
+    ``init="identity"``: the BatchNorm's scale and shift start at zero, so the logits are 0 in training and in
+    eval mode alike, and the gate is ``2 * sigmoid`` (visattn.layers.gate).
+    """
 
     _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
-    def __init__(self, channels: int, *, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, *, kernel_size: int = 7, init: str = "paper") -> None:
         super().__init__()
+        check_init("spatial_gate", init)
         require(isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1,
                 "spatial_gate", "kernel_size", "an odd int >= 1", kernel_size)
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.1)
+        self.init = init
+        if init == "identity":
+            zero_(self.bn)
+        if init == "identity_alpha":  # PILOT
+            self.alpha = nn.Parameter(torch.zeros(()))
 
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         with full_precision(x) as x:
             pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-            return torch.sigmoid(self.bn(self.conv(pooled)))  # (B, 1, H, W)
+            return gate(self.bn(self.conv(pooled)), self.init, getattr(self, "alpha", None))  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)
@@ -72,12 +92,13 @@ class SpatialGate(nn.Module):
 
 @ATTENTION.register("cbam")
 class CBAM(nn.Module):
-    """Channel gate, then spatial gate."""
+    """Channel gate, then spatial gate; ``init`` applies to both."""
 
-    def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, *, reduction: int = 16, kernel_size: int = 7, init: str = "paper") -> None:
         super().__init__()
-        self.channel_gate = ChannelGate(channels, reduction=reduction)
-        self.spatial_gate = SpatialGate(channels, kernel_size=kernel_size)
+        check_init("cbam", init)
+        self.channel_gate = ChannelGate(channels, reduction=reduction, init=init)
+        self.spatial_gate = SpatialGate(channels, kernel_size=kernel_size, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial_gate(self.channel_gate(x))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init, gate, zero_
 from visattn.layers.precision import full_precision
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
@@ -21,14 +22,20 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int
 
 @ATTENTION.register("eca")
 class EfficientChannelAttention(nn.Module):
-    """Global average pool, 1D conv (no bias) across channels, sigmoid gate."""
+    """Global average pool, 1D conv (no bias) across channels, sigmoid gate.
+
+    ``init="identity"`` zero-initialises the conv and gates with ``2 * sigmoid`` (see visattn.layers.gate): the
+    block then returns its input exactly until it trains.
+    """
 
     _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
 
     def __init__(
-        self, channels: int, *, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0
+        self, channels: int, *, kernel_size: int | None = None, gamma: float = 2.0, beta: float = 1.0,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        check_init("eca", init)
         require(gamma > 0, "eca", "gamma", "> 0", gamma)
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta)
@@ -38,12 +45,18 @@ class EfficientChannelAttention(nn.Module):
         )
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.init = init
+        if init == "identity":
+            zero_(self.conv)
+        if init == "identity_alpha":  # PILOT
+            self.alpha = nn.Parameter(torch.zeros(()))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, 1, C)
             squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
-            return torch.sigmoid(self.conv(squeezed)).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+            logits = self.conv(squeezed).view(batch, -1, 1, 1)  # (B, C, 1, 1)
+            return gate(logits, self.init, getattr(self, "alpha", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visattn.layers.gate import check_init
 from visattn.registry import ATTENTION
 
 
@@ -12,8 +13,9 @@ from visattn.registry import ATTENTION
 class NoAttention(nn.Module):
     """Returns its input; lets a sweep name the baseline like any other block."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, init: str = "paper") -> None:
         super().__init__()
+        check_init("none", init)
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init
 from visattn.layers.record import attention_probs, record
 from visattn.registry import ATTENTION
 
@@ -50,6 +51,8 @@ class MultiHeadSelfAttention2d(nn.Module):
     ``norm=True`` (default) applies a LayerNorm over channels to the tokens first (pre-norm, as in
     ViT), so the scores do not depend on the scale of the slot's input: 2C more parameters than
     ``nn.MultiheadAttention``. ``heads=None`` picks up to 8 heads of at least 16 channels each.
+    ``init`` is accepted for the common block interface: with the zero ``proj``, "paper" and "identity" are the
+    same, an exact identity at initialisation.
     """
 
     _capture: dict | None = None  # see visattn.layers.record (pointed at a store while capturing)
@@ -64,8 +67,10 @@ class MultiHeadSelfAttention2d(nn.Module):
         qkv_bias: bool = True,
         dropout: float = 0.0,
         norm: bool = True,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        check_init("mhsa", init)
         if heads is None:
             heads = default_heads(channels)
         require(isinstance(heads, int) and heads >= 1 and channels % heads == 0, "mhsa", "heads",

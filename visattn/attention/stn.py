@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import require
+from visattn.layers.gate import check_init
 from visattn.layers.precision import full_precision
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
@@ -25,7 +26,8 @@ class SpatialTransformer(nn.Module):
     Pooling is adaptive average pooling (to ``pool_size`` then ``pool_size // 2``), so any H, W >= 1 works;
     average rather than the paper's max pooling because adaptive max pooling to a size that does not divide
     the input (or is larger than it) does not export to ONNX. The last
-    layer starts at the identity transform, so an untrained block returns its input.
+    layer starts at the identity transform, so an untrained block returns its input (as in the paper; ``init``
+    is accepted for the common block interface, and "paper" and "identity" are the same).
     ``transform``: "affine" (6 parameters) or "translation_scale" (isotropic scale and shift, 3).
 
     ``padding_mode`` (where the grid leaves the input) defaults to "border", not the paper's zeros: the
@@ -56,8 +58,10 @@ class SpatialTransformer(nn.Module):
         transform: str = "affine",
         padding_mode: str = "border",
         loc_lr_scale: float = 0.1,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        check_init("stn", init)
         require(isinstance(hidden, int) and hidden >= 1, "stn", "hidden", "an int >= 1", hidden)
         require(isinstance(pool_size, int) and pool_size >= 2, "stn", "pool_size", "an int >= 2", pool_size)
         require(transform in TRANSFORMS, "stn", "transform", f"one of {sorted(TRANSFORMS)}", transform)

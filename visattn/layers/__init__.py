@@ -1,6 +1,6 @@
 from visattn.layers.conv import SPPF, C2f, ConvNormAct
 from visattn.layers.helpers import make_divisible, require
-from visattn.layers.slot import AttentionSlot, apply_slot_nhwc, apply_slot_tokens
+from visattn.layers.slot import AttentionSlot, apply_slot_nhwc, apply_slot_tokens, empty_slots
 
-__all__ = ["SPPF", "AttentionSlot", "C2f", "ConvNormAct", "apply_slot_nhwc", "apply_slot_tokens", "make_divisible",
-           "require"]
+__all__ = ["SPPF", "AttentionSlot", "C2f", "ConvNormAct", "apply_slot_nhwc", "apply_slot_tokens", "empty_slots",
+           "make_divisible", "require"]

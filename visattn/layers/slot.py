@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -42,6 +45,20 @@ class AttentionSlot(nn.Module):
     def extra_repr(self) -> str:
         state = self.block_name if self.block is not None else "empty"
         return f"channels={self.channels}, role={self.role}, {state}"
+
+
+@contextlib.contextmanager
+def empty_slots(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` inside the ``with`` as if every slot were empty: the network without its blocks."""
+    filled = [slot for slot in model.modules() if isinstance(slot, AttentionSlot) and slot.block is not None]
+    blocks = [slot.block for slot in filled]
+    for slot in filled:
+        slot.block = None
+    try:
+        yield
+    finally:
+        for slot, block in zip(filled, blocks, strict=True):
+            slot.block = block
 
 
 def apply_slot_nhwc(slot: AttentionSlot, x: torch.Tensor) -> torch.Tensor:

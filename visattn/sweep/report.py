@@ -498,12 +498,14 @@ def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
 
         model = build_detector(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
                                neck=config.get("neck", "pan"), scale=config.get("scale", "n"), img_size=size,
-                               backbone_args=config.get("backbone_args") or {})
+                               backbone_args=config.get("backbone_args") or {},
+                               attn_init=config.get("attn_init") or "paper")
     else:
         from visattn.build import build_model
 
         model = build_model(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
-                            in_chans=in_chans, img_size=size, backbone_args=config.get("backbone_args") or {})
+                            in_chans=in_chans, img_size=size, backbone_args=config.get("backbone_args") or {},
+                            attn_init=config.get("attn_init") or "paper")
     return model, (1, in_chans, size, size)
 
 

@@ -12,6 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from visattn.tasks.common import check_finite_loss, configure_optimizers, rng_state, set_rng_state
+from visattn.tasks.finetune import keep_norms_frozen, norms_outside_blocks
 
 
 class ClassificationModule(L.LightningModule):
@@ -34,10 +35,13 @@ class ClassificationModule(L.LightningModule):
         momentum: float = 0.9,
         label_smoothing: float = 0.0,
         warmup_epochs: float = 1.0,
+        attn_lr_scale: float = 1.0,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.save_hyperparameters(ignore=["model"])
+        self.frozen_norms = norms_outside_blocks(model) if freeze_bn else []  # see visattn.tasks.finetune
         top5 = min(5, num_classes)
         metrics = MetricCollection({  # no compute groups: top-5 and macro-F1 must not share top-1 states
             "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
@@ -48,6 +52,11 @@ class ClassificationModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.complexity: dict[str, int] = {}
+
+    def train(self, mode: bool = True) -> ClassificationModule:
+        super().train(mode)
+        keep_norms_frozen(getattr(self, "frozen_norms", []))  # also when nn.Module's init calls it
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
+
+from visattn.tasks.finetune import attn_lr_scales
 
 
 def declared(model: nn.Module, method: str) -> dict[str, Any]:
@@ -41,18 +44,22 @@ def declared(model: nn.Module, method: str) -> dict[str, Any]:
 
 
 def make_optimizer(
-    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float
+    model: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float,
+    lr_multipliers: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum), with parameter groups the model's modules declare.
 
     No weight decay on biases, norms and other 1-d parameters, nor on what any module lists in
     ``no_weight_decay()`` (timm's convention: position tables, class tokens). A module's ``lr_scales()``
     (``{name glob: factor}``) multiplies the learning rate of the parameters it names, e.g. an STN's
-    localisation net. Each group keeps its ``lr_scale`` and ``param_names``; the schedule scales every
-    group's own learning rate.
+    localisation net. ``lr_multipliers`` (``{parameter name: factor}``) multiply on top, e.g. the inserted blocks'
+    ``attn_lr_scale``. Frozen parameters (``requires_grad=False``) are left out. Each group keeps its
+    ``lr_scale`` and ``param_names``; the schedule scales every group's own learning rate.
     """
     no_decay = declared(model, "no_weight_decay")
     scales = declared(model, "lr_scales")
+    for pname, factor in (lr_multipliers or {}).items():
+        scales[pname] = float(scales.get(pname, 1.0)) * factor
     groups: dict[tuple[bool, float], list[tuple[str, nn.Parameter]]] = {}
     for pname, param in model.named_parameters():
         if not param.requires_grad:
@@ -82,7 +89,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
 
 def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     optimizer = make_optimizer(module.model, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
-                               momentum=hp.momentum)
+                               momentum=hp.momentum,
+                               lr_multipliers=attn_lr_scales(module.model, float(hp.get("attn_lr_scale", 1.0))))
     total = max(1, int(module.trainer.estimated_stepping_batches))
     epochs = max(1, module.trainer.max_epochs or 1)
     warmup = min(total // 2, int(round(hp.warmup_epochs * total / epochs)))

@@ -23,6 +23,7 @@ from visattn.detect import Detector, postprocess
 from visattn.layers import require
 from visattn.losses.detect import DetectionLoss
 from visattn.tasks.common import check_finite_loss, configure_optimizers, rng_state, set_rng_state
+from visattn.tasks.finetune import keep_norms_frozen, norms_outside_blocks
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 MAP_KEYS = {"map": "map", "map50": "map_50", "map75": "map_75", "map_small": "map_small",
@@ -86,6 +87,8 @@ class DetectionModule(L.LightningModule):
         conf_threshold: float = 0.001,
         iou_threshold: float = 0.6,
         max_det: int = 100,
+        attn_lr_scale: float = 1.0,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         if getattr(model, "num_classes", None) != num_classes:
@@ -95,6 +98,7 @@ class DetectionModule(L.LightningModule):
         require(ema_tau > 0, "DetectionModule", "ema_tau", "> 0", ema_tau)
         self.model = model
         self.save_hyperparameters(ignore=["model"])
+        self.frozen_norms = norms_outside_blocks(model) if freeze_bn else []  # see visattn.tasks.finetune
         self.criterion = DetectionLoss(num_classes=num_classes, strides=model.strides, reg_max=model.head.reg_max)
         self.ema = ModelEMA(model, decay=ema_decay, tau=ema_tau) if ema else None
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=coco_backend())
@@ -107,6 +111,11 @@ class DetectionModule(L.LightningModule):
             return self.model
         self.ema.module.to(self.device)
         return self.ema.module
+
+    def train(self, mode: bool = True) -> DetectionModule:
+        super().train(mode)
+        keep_norms_frozen(getattr(self, "frozen_norms", []))  # also when nn.Module's init calls it
+        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
         return self.model(images)

@@ -1,0 +1,38 @@
+"""The sigmoid gate shared by SE, ECA and CBAM, in the paper's form or starting as the identity.
+
+``init="paper"``: ``sigmoid(z)``, the published block. Its value at initialisation is about 0.5, so a gate
+inserted into a trained network halves what passes through it.
+
+``init="identity"``: the same gate, scaled by two, with the layer that produces ``z`` zero-initialised by the
+block: ``2 * sigmoid(0) = 1`` exactly, so the block returns its input bit for bit until it has trained (a
+pretrained network keeps its outputs). The range is (0, 2) instead of (0, 1): the gate can damp or amplify.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from visattn.layers.helpers import require
+
+GATE_INITS = ("paper", "identity", "identity_alpha")  # PILOT: identity_alpha is x * (1 + a * (g - 1)), a = 0
+
+
+def check_init(owner: str, init: str) -> None:
+    require(init in GATE_INITS, owner, "init", f"one of {list(GATE_INITS)}", init)
+
+
+def gate(logits: torch.Tensor, init: str, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """``sigmoid(logits)``, or ``2 * sigmoid(logits)`` for ``init="identity"`` (1 where the logits are 0)."""
+    weights = torch.sigmoid(logits)
+    if init == "identity_alpha":
+        return 1.0 + alpha.to(weights.dtype) * (weights - 1.0)
+    return weights * 2.0 if init == "identity" else weights
+
+
+def zero_(*modules: nn.Module) -> None:
+    """Zero every parameter of ``modules`` (the layer whose output is the gate's logits)."""
+    with torch.no_grad():
+        for module in modules:
+            for param in module.parameters():
+                param.zero_()
