@@ -167,6 +167,26 @@ def test_timm_state_dict_loads_through_pretrained(tmp_path, suffix):
         visattn.build_model("timm:convnext_atto", backbone_args={"pretrained_cfg_overlay": {"url": "https://x"}})
 
 
+def test_inserted_blocks_start_as_the_identity_with_pretrained(tmp_path):
+    """A timm overlay file in a run's config is its pretrained file, so attn_init auto starts the blocks as the
+    identity: the pretrained network's output is unchanged, in every slot role."""
+    from visattn.build import measure_output_change
+    from visattn.config import make_config
+
+    path = tmp_path / "convnext_atto.pth"
+    torch.save(timm.create_model("convnext_atto").state_dict(), path)
+    config = make_config({}, {"backbone": "timm:convnext_atto", "attn": "cbam", "img_size": 32,
+                              "backbone_args": {"pretrained_cfg_overlay": {"file": str(path)}}})
+    assert (config.pretrained, config.attn_init, config.backbone_args) == (str(path), "identity", {})
+    attn = [{"block": block, "at": ROLE_GLOBS[role]} for role, block in
+            zip(ROLES, ("spatial_gate", "eca", "se", "cbam"), strict=True)]
+    model = visattn.build_model(config.backbone, attn=attn, num_classes=1000, pretrained=config.pretrained,
+                                attn_init=config.attn_init, backbone_args=config.backbone_args)
+    assert {s.block for s in list_slots(model)} == {"spatial_gate", "eca", "se", "cbam"}
+    assert measure_output_change(model, torch.randn(2, 3, 32, 32)) < 1e-6
+    assert "attention tensors left at init (input, stages.0.blocks.0.branch" in model.pretrained_report.summary()
+
+
 def test_pretrained_adapts_to_another_size_and_channel_count(tmp_path):
     """timm's own checkpoint_filter_fn resamples a ViT's position embedding; the stem follows in_chans."""
     path = tmp_path / "vit.pth"

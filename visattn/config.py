@@ -314,9 +314,10 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     scale = config.attn_lr_scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ConfigError(f"attn_lr_scale must be a finite number >= 0, got {scale!r}")
+    # timm's way to name a weights file: a run loads it as `pretrained` (reported, checked, blocks as the identity)
     overlay = config.backbone_args.get("pretrained_cfg_overlay")
-    if overlay is not None:  # timm's way to name a weights file: a run loads it as `pretrained`, so it is reported,
-        if not isinstance(overlay, Mapping) or set(overlay) != {"file"}:  # checked and starts blocks as the identity
+    if overlay is not None:
+        if not isinstance(overlay, Mapping) or set(overlay) != {"file"}:
             raise ConfigError(f"backbone_args.pretrained_cfg_overlay must be {{file: PATH}} (a local weights file; "
                               f"nothing is downloaded), got {overlay!r}")
         if config.pretrained and str(config.pretrained) != str(overlay["file"]):
