@@ -16,8 +16,8 @@ class AttentionSlot(nn.Module):
 
     ``role`` tells the builder what kind of place this is ("block": inside a residual block,
     "after_block": after a whole block (timm models), "stage": after a stage, "input": on the image,
-    "neck"/"csp": in a detection neck). A filled
-    slot holds its block as ``self.block``, so its parameters live under ``<slot name>.block.``.
+    "neck"/"csp": in a detection neck). A filled slot holds its block as ``self.block``, so its
+    parameters live under ``<slot name>.block.``.
     """
 
     def __init__(self, channels: int, *, role: str = "block") -> None:
