@@ -285,3 +285,21 @@ def test_refused_models_say_why():
     assert set(ghost.unslotted) == {"blocks.8.0", "blocks.8.1", "blocks.8.2", "blocks.8.3", "blocks.9.0"}
     assert all("after the last feature" in why for why in ghost.unslotted.values())
 
+
+
+def test_attention_maps_and_grad_cam_on_a_timm_model():
+    from visattn.viz import capture
+    from visattn.viz.gradcam import grad_cam
+    from visattn.viz.measure import model_stages, spatial_maps, stage_maps
+
+    model = build("convnext_atto", attn="cbam").eval()
+    assert model_stages(model) == [f"stages.{i}" for i in range(4)]
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), capture(model) as maps:
+        model(images)
+    spatial = spatial_maps(maps)
+    assert set(spatial) == {s.name for s in list_slots(model) if s.block}
+    assert set(stage_maps(spatial, model_stages(model), (32, 32), slot_keys=maps.slot_keys)) == set(
+        model_stages(model))
+    cam, logits = grad_cam(model, images)
+    assert cam.shape == (2, 32, 32) and logits.shape == (2, 5) and torch.isfinite(cam).all()

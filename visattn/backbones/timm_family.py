@@ -304,8 +304,8 @@ class TimmBackbone(Backbone):
         self.num_features = int(getattr(self.model, "num_features", 0))
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
         feature_info = self._feature_info(label)
-        self.stage_info = [StageInfo(f"model.{f['module']}", int(f["num_chs"]), int(f["reduction"]))
-                           for f in feature_info]
+        self.stage_info = [StageInfo(f"model.{f['module']}", int(f["num_chs"]), int(f["reduction"]), f"stages.{i}")
+                           for i, f in enumerate(feature_info)]
         self.unslotted: dict[str, str] = {}
         self.stages = nn.ModuleList(StageSlots() for _ in feature_info)
         self.stages_problem = self._add_slots(label, feature_info)
