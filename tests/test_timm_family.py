@@ -277,6 +277,16 @@ def test_branch_points_name_real_timm_classes():
         assert when in ("after", "before") and submodule
 
 
+def test_default_slots_fall_back_to_the_slots_a_model_has():
+    """The default slots: the block role where the branch is known, else after each block (FastViT), else after
+    each stage (a DenseNet's dense blocks are not sequences of blocks)."""
+    fastvit = visattn.build_model("timm:fastvit_t8", num_classes=3, img_size=64)
+    assert fastvit.default_slot_role == "after_block" and "block" not in {s.role for s in list_slots(fastvit)}
+    densenet = visattn.build_model("timm:densenet121", num_classes=3, img_size=32, attn="eca")
+    assert densenet.default_slot_role == "stage"
+    assert {s.role for s in list_slots(densenet) if s.block} == {"stage"}
+
+
 def test_refused_models_say_why():
     """A model timm builds but whose block outputs are not feature maps keeps its stage slots and says why."""
     model = visattn.build_model("timm:convnext_atto", num_classes=3)

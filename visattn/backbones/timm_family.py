@@ -309,8 +309,9 @@ class TimmBackbone(Backbone):
         self.unslotted: dict[str, str] = {}
         self.stages = nn.ModuleList(StageSlots() for _ in feature_info)
         self.stages_problem = self._add_slots(label, feature_info)
-        branch = any(s.role == "block" for s in self.modules() if isinstance(s, AttentionSlot))
-        self.default_slot_role = "block" if branch else "after_block"
+        roles = {s.role for s in self.modules() if isinstance(s, AttentionSlot)}
+        # the default slots: inside the blocks where the branch is known, else after each block, else each stage
+        self.default_slot_role = next((r for r in ("block", "after_block", "stage") if r in roles), "input")
 
     def _feature_info(self, label: str) -> list[dict[str, Any]]:
         info = getattr(self.model, "feature_info", None)
