@@ -313,3 +313,19 @@ def test_attention_maps_and_grad_cam_on_a_timm_model():
         model_stages(model))
     cam, logits = grad_cam(model, images)
     assert cam.shape == (2, 32, 32) and logits.shape == (2, 5) and torch.isfinite(cam).all()
+
+
+def test_command_line_profile_and_run_name(capsys):
+    from visattn.cli import train_main
+    from visattn.commands import profile_main
+
+    profile_main(["--backbone", "timm:convnext_atto", "--attn", "se", "--img-size", "32", "--num-classes", "10",
+                  "--repeats", "1", "--warmup", "0", "--train-steps", "0"])
+    out = capsys.readouterr().out
+    assert "timm:convnext_atto + se" in out and "stages.3.blocks.1.branch [se]" in out
+    train_main(["--backbone", "timm:convnext_atto", "--attn", "cbam", "--data", "cluttered-digits", "--print-config"])
+    assert "backbone: timm:convnext_atto" in capsys.readouterr().out
+    from visattn.config import make_config
+
+    assert make_config({}, {"backbone": "timm:convnext_atto", "attn": "cbam"}).run_name() == (
+        "digits-timm-convnext_atto-cbam-s0")  # no ':' in a folder name
