@@ -287,10 +287,16 @@ def test_default_slots_fall_back_to_the_slots_a_model_has():
     assert {s.role for s in list_slots(densenet) if s.block} == {"stage"}
 
 
-def test_refused_models_say_why():
-    """A model timm builds but whose block outputs are not feature maps keeps its stage slots and says why."""
-    model = visattn.build_model("timm:convnext_atto", num_classes=3)
-    assert model.unslotted == {}
+def test_models_and_places_that_get_no_slot_say_why():
+    """Real timm models: HRNet's feature_info names modules it does not have (refused); EfficientViM's stages and
+    blocks return tuples (only the input slot); GhostNet's last blocks run after its last reported feature."""
+    with pytest.raises(ValueError, match="feature_info names module 'stem', which the model does not have"):
+        visattn.build_model("timm:hrnet_w18_small", num_classes=3)
+    vim = visattn.build_model("timm:efficientvim_m1", num_classes=3)
+    assert [s.name for s in list_slots(vim)] == ["input"]
+    assert vim.unslotted and all("tuple, not a tensor" in why for why in vim.unslotted.values())
+    with pytest.raises(KeyError, match="no slots with role 'block'; its slots: input"):
+        visattn.fill_slots(vim, "se", default_role=vim.default_slot_role)
     ghost = build("ghostnet_050")
     assert set(ghost.unslotted) == {"blocks.8.0", "blocks.8.1", "blocks.8.2", "blocks.8.3", "blocks.9.0"}
     assert all("after the last feature" in why for why in ghost.unslotted.values())

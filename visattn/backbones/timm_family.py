@@ -311,7 +311,8 @@ class TimmBackbone(Backbone):
         self.stages_problem = self._add_slots(label, feature_info)
         roles = {s.role for s in self.modules() if isinstance(s, AttentionSlot)}
         # the default slots: inside the blocks where the branch is known, else after each block, else each stage
-        self.default_slot_role = next((r for r in ("block", "after_block", "stage") if r in roles), "input")
+        # (none of them: "block", so a bare block name is an error listing the slots there are)
+        self.default_slot_role = next((r for r in ("block", "after_block", "stage") if r in roles), "block")
 
     def _feature_info(self, label: str) -> list[dict[str, Any]]:
         info = getattr(self.model, "feature_info", None)
