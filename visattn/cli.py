@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from visattn.config import (
     ConfigError,
     TrainConfig,
     held_notices,
+    load_yaml,
     make_config,
     packaged_configs,
     read_yaml,
@@ -35,12 +37,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueErro
 
 
 def error_text(err: BaseException) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split())
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    if text.startswith("Caught ") and "Original Traceback" in text:  # re-raised from a DataLoader worker
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def ensure_std_streams() -> None:
+    """Give a closed stdin/stdout/stderr (``>&-``) /dev/null, so that printing works and no file the command opens
+    later (a lock, a checkpoint) becomes descriptor 1 or 2 and receives another library's output."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; a user error prints one paragraph and exits 2 instead of a traceback."""
+    ensure_std_streams()
     try:
         code = main()
     except USER_ERRORS as err:
@@ -67,9 +87,11 @@ def quiet_lightning() -> None:
 def parse_value(text: str) -> Any:
     """A YAML scalar/list/mapping from the command line: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``{a: 1}``."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return load_yaml(text, source="the command line")
+    except ConfigError as err:
+        if isinstance(err.__cause__, yaml.YAMLError):
+            return text
+        raise
 
 
 def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -188,7 +210,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", default=None,
         help="replace an existing run directory (only one that visattn made)")
     add("--limit", type=int, help="use only the first N samples of each split (quick checks)")
-    add("--skip-bad-images", action="store_true", default=None, help="skip undecodable images and count them")
+    add("--skip-bad-images", action="store_true", default=None,
+        help="skip undecodable images and count them, also ones that fail only during training")
+    add("--verify-images", choices=["quick", "full"], help="the up-front scan of image files: quick (headers, "
+                                                           "checksums, truncation) or full (every pixel decoded) "
+                                                           f"(default: {base.verify_images})")
     add("--num-workers", type=int, help="data loader workers (default: one per spare core, at most 2)")
     add("--accelerator", help=f"auto | cpu | gpu | ... (default: {base.accelerator})")
     add("--devices", help=f"auto | N | list, as lightning.Trainer takes (default: {base.devices})")
@@ -279,6 +305,7 @@ def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
 
 
 def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
+    from visattn.rundir import RunFinished
     from visattn.train import fit, prepare
 
     args = train_parser(prog).parse_args(argv)
@@ -288,7 +315,14 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     quiet_lightning()
-    prepared = prepare(config)
+    try:
+        prepared = prepare(config)
+    except RunFinished as done:
+        print(f"visattn: {done}")
+        test = ", ".join(f"{k}={v:.4f}" for k, v in (done.metrics.get("test") or {}).items()
+                         if isinstance(v, (int, float)))
+        print(f"run: {done.run_dir}\ntest: {test}")
+        return 0
     for line in notices:
         print(line, file=sys.stderr)
     metrics = fit(prepared)

@@ -8,6 +8,12 @@ raises ``DataError`` (a ``ValueError``).
 
 from __future__ import annotations
 
+import os
+
+# albumentations asks pypi.org for its newest version on import (and waits up to its timeout offline): visattn
+# never goes online at run time. Set before any albumentations import, which all live below this package.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 from visattn.data import cifar as _cifar  # noqa: F401  (registers "cifar")
 from visattn.data import cluttered as _cluttered  # noqa: F401  (registers "cluttered-digits")
 from visattn.data import digits as _digits  # noqa: F401  (registers "digits")

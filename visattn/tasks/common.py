@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 import random
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from visattn.perf import amx_bf16_hint
 from visattn.tasks.finetune import attn_lr_scales
 
 
@@ -111,6 +111,7 @@ def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dic
     raise NonFiniteLossError(
         f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
         f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
+        + amx_bf16_hint(str(module.trainer.precision), module.device.type)
     )
 
 
@@ -130,26 +131,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint."""
+    """Write to a temporary file in the same folder, fsync, then rename (``visattn.rundir.atomic_file``): a kill
+    never leaves half a checkpoint, and a failed write (a full disk) removes its temporary file and names the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        from visattn.rundir import atomic_file
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(path) as handle:
             torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
 
 class ThroughputMonitor(L.Callback):
     """Per epoch: training images/s, the share of step time spent waiting for data, and the ruler (visattn.perf):
-    achieved training GFLOP/s (3 x forward FLOPs per image) and MFU against the machine's cached matmul peak for
-    the run's dtype.
+    achieved training GFLOP/s (3 x forward FLOPs per image), its share of the matmul peak measured on this machine
+    for the run's dtype (``matmul_peak_share``) and, on GPUs with a known datasheet peak, PaLM-style ``palm_mfu``.
 
     Time runs from the epoch's start to the end of its last training batch, so validation (which Lightning runs
     before ``on_train_epoch_end``) is not counted as training time.
+
+    The per-epoch figures and the training time so far are saved in every checkpoint (``state_dict``), so a resumed
+    run reports means over all its epochs and the sum of its parts' training times, never only the last part's:
+    a resume that trains no epoch (killed just after ``fit`` ended) adds nothing it did not measure.
     """
 
     def __init__(self, *, measure_peak: bool = True, precision_reason: str = "") -> None:
@@ -157,6 +161,8 @@ class ThroughputMonitor(L.Callback):
         self.precision_reason = precision_reason  # why the run's precision was chosen (``precision: auto``)
         self.precision = ""
         self.peak: dict[str, Any] | None = None
+        self.dtype = "fp32"
+        self.device = "cpu"
         self.reset()
 
     def reset(self) -> None:
@@ -167,9 +173,71 @@ class ThroughputMonitor(L.Callback):
         self.last_end: float | None = None
         self.batch_start = 0.0
         self.history: list[dict[str, float]] = []
+        self.epoch = -1  # the epoch being trained (0-based), -1 before the first
+        self.time_before = 0.0  # training time of the earlier parts of a resumed run (from its checkpoint)
+        self.part_start: float | None = None  # when this part's ``fit`` started (``begin_part``)
+        self.epochs_this_part = 0
+
+    def begin_part(self, start: float) -> None:
+        """Called with the time just before ``trainer.fit``: this part's training time runs from here."""
+        self.part_start = start
+
+    def train_time(self, now: float) -> float:
+        """Training time of the whole run: the earlier parts' plus this one's (nothing if it trained no epoch)."""
+        if self.part_start is None or (self.epochs_this_part == 0 and self.time_before > 0):
+            return self.time_before
+        return self.time_before + (now - self.part_start)
+
+    def _epoch_stats(self, pl_module: L.LightningModule | None) -> dict[str, float]:
+        from visattn.perf import achieved_flops, mfu, palm_mfu
+
+        elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
+        macs = getattr(pl_module, "complexity", {}).get("macs") or 0
+        flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
+        share = mfu(flops, self.peak["flops"] if self.peak else None)
+        stats = {
+            "throughput_img_s": self.images / elapsed,
+            "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-9),
+            "train_gflops_s": flops / 1e9,
+            "epoch_train_s": elapsed,
+        }
+        if share is not None:
+            stats["matmul_peak_share"] = share
+            palm = palm_mfu(flops, self.dtype, pl_module.device) if pl_module is not None else None
+            if palm is not None:
+                stats["palm_mfu"] = palm
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint: the epochs measured so far and the training time up to now.
+
+        Lightning saves the checkpoint of an epoch after its validation, before ``on_train_epoch_end``; an epoch
+        whose training batches are done but not yet recorded is included here, so a resume never loses it.
+        """
+        history = [dict(h) for h in self.history]
+        if self.images and (not history or history[-1].get("epoch") != self.epoch):
+            history.append({**self._epoch_stats(self._module), "epoch": self.epoch})
+        now = time.perf_counter()
+        return {"history": history, "train_time_s": self.train_time(now) if self.part_start is not None
+                else self.time_before, "precision": self.precision, "peak": self.peak, "dtype": self.dtype,
+                "device": self.device}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.time_before = float(state.get("train_time_s", 0.0))
+        self.precision = state.get("precision") or self.precision
+        self.peak = state.get("peak") or self.peak
+        self.dtype = state.get("dtype") or self.dtype
+        self.device = state.get("device") or self.device
+
+    _module: L.LightningModule | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._module = pl_module
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.precision = str(trainer.precision)
+        self.device = str(pl_module.device)
         for logger in trainer.loggers:  # logs/hparams.yaml and TensorBoard: what "auto" became, and why
             logger.log_hyperparams({"precision": self.precision, "precision_reason": self.precision_reason})
         if self.measure_peak and self.peak is None and trainer.is_global_zero:
@@ -179,10 +247,13 @@ class ThroughputMonitor(L.Callback):
             if pl_module.device.type == "cpu" and dtype == "fp16":
                 dtype = "fp32"  # fp16 autocast on CPU: no fp16 matmul peak worth comparing with
             self.peak = matmul_peak(dtype, device=pl_module.device)
+            self.dtype = dtype
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.wait, self.busy = 0, 0.0, 0.0
         self.epoch_start = self.last_end = time.perf_counter()
+        self.epoch = trainer.current_epoch
+        self.epochs_this_part += 1
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         now = time.perf_counter()
@@ -197,36 +268,33 @@ class ThroughputMonitor(L.Callback):
         self.images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from visattn.perf import achieved_flops, mfu
-
-        elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
-        macs = getattr(pl_module, "complexity", {}).get("macs") or 0
-        flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
-        share = mfu(flops, self.peak["flops"] if self.peak else None)
-        stats = {
-            "throughput_img_s": self.images / elapsed,
-            "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-9),
-            "train_gflops_s": flops / 1e9,
-            "epoch_train_s": elapsed,
-        }
-        if share is not None:
-            stats["mfu"] = share
-        self.history.append(stats)
+        stats = self._epoch_stats(pl_module)
+        if self.history and self.history[-1].get("epoch") == self.epoch:
+            self.history.pop()  # recorded provisionally by a checkpoint taken after validation: now final
+        self.history.append({**stats, "epoch": self.epoch})
         for key, value in stats.items():
-            # only rank 0 knows the peak (it measures it): MFU is rank 0's, logged without a collective
-            if key == "mfu":
-                pl_module.log("train/mfu", value, rank_zero_only=True)
+            # only rank 0 knows the peak (it measures it): the shares are rank 0's, logged without a collective
+            if key in ("matmul_peak_share", "palm_mfu"):
+                pl_module.log(f"train/{key}", value, rank_zero_only=True)
             else:
                 pl_module.log(f"train/{key}", value, sync_dist=True)
 
     def summary(self) -> dict[str, Any]:
-        """Means over the epochs run (what metrics.json reports), and the peak they were measured against."""
+        """Means over the epochs run (what metrics.json reports), and the peaks they were measured against, with a
+        phrase naming each denominator."""
+        from visattn.perf import describe_peak, theoretical_peak
+
         out: dict[str, Any] = {}
-        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "mfu"):
+        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "matmul_peak_share", "palm_mfu"):
             values = [h[key] for h in self.history if key in h]
             out[key] = sum(values) / len(values) if values else None
         out["peak_gflops_s"] = self.peak["flops"] / 1e9 if self.peak else None
         out["peak_dtype"] = self.peak["dtype"] if self.peak else None
+        out["peak_denominator"] = describe_peak(self.peak)
+        theoretical = theoretical_peak(self.dtype, self.device) if self.peak else None
+        out["palm_mfu_denominator"] = (None if theoretical is None else
+                                       f"datasheet dense {self.dtype} peak of {theoretical[1]}, "
+                                       f"{theoretical[0] / 1e12:g} TFLOP/s")
         out["precision"] = self.precision or None
         out["precision_reason"] = self.precision_reason or None
         return out
@@ -250,11 +318,11 @@ class EpochSummary(L.Callback):
 
         stats = self.throughput.history[-1] if self.throughput and self.throughput.history else {}
         metric = self.monitor.split("/", 1)[-1]
-        mfu = f"{100 * stats['mfu']:5.1f}%" if "mfu" in stats else "     -"
+        share = f"{100 * stats['matmul_peak_share']:5.1f}%" if "matmul_peak_share" in stats else "     -"
         return (f"epoch {trainer.current_epoch + 1:>{width}}/{trainer.max_epochs}  "
                 f"loss {value('train/loss_epoch', '7.4f'):>7}  {metric} {value(self.monitor, '6.4f'):>6}  "
                 f"{stats.get('throughput_img_s', 0):7.1f} img/s  {stats.get('train_gflops_s', 0):6.1f} GFLOP/s  "
-                f"MFU {mfu}  {stats.get('epoch_train_s', 0):6.1f}s")
+                f"{share} of mm peak  {stats.get('epoch_train_s', 0):6.1f}s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
