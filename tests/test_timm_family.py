@@ -72,7 +72,7 @@ def test_slots_are_found_and_empty_slots_give_timms_logits(name):
         roles[slot.role] = roles.get(slot.role, 0) + 1
     assert roles == {"input": 1, **expected}
     names = [s.name for s in list_slots(model)]
-    assert names[0] == "input" and [f"stages.{i}.slot" in names for i in range(len(model.stage_info))]
+    assert names[0] == "input" and all(f"stages.{i}.slot" in names for i in range(len(model.stage_info)))
     assert len(model.stage_info) == len(reference.feature_info) == expected["stage"]
     assert model.default_slot_role == "block"
     assert list(model.state_dict()) == [f"model.{key}" for key in reference.state_dict()]  # no key from the slots
