@@ -335,3 +335,18 @@ def test_command_line_profile_and_run_name(capsys):
 
     assert make_config({}, {"backbone": "timm:convnext_atto", "attn": "cbam"}).run_name() == (
         "digits-timm-convnext_atto-cbam-s0")  # no ':' in a folder name
+
+
+def test_the_timm_sweep_config_expands_to_its_grid(tmp_path, capsys):
+    """The committed timm sweep config parses and plans backbone x blocks x seeds (nothing is trained)."""
+    from pathlib import Path
+
+    from visattn.sweep.cli import sweep_main
+
+    config = Path(__file__).parent.parent / "configs" / "sweeps" / "cluttered_timm_regnetx002.yaml"
+    assert sweep_main(["--config", str(config), "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 runs into" in out
+    assert all(f"timm_regnetx_002-{block}-s{seed}" in out for block in ("none", "se", "eca", "cbam")
+               for seed in range(3))
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
