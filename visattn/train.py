@@ -29,6 +29,7 @@ from visattn.config import (
     ConfigError,
     TrainConfig,
     attn_label,
+    effective_init,
     make_config,
     read_yaml,
     save_config,
@@ -567,7 +568,8 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
         "device": str(module.device),
     }
     if config.pretrained:
-        metrics["pretrained"] = {"file": config.pretrained, "attn_init": config.attn_init, "freeze": config.freeze,
+        metrics["pretrained"] = {"file": config.pretrained,
+                                 "attn_init": effective_init(config.attn, config.attn_init), "freeze": config.freeze,
                                  "freeze_bn": config.freeze_bn, "attn_lr_scale": config.attn_lr_scale, **start_info}
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)

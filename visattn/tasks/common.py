@@ -102,6 +102,12 @@ class NonFiniteLossError(ValueError):
     """A training loss became NaN or infinite: training stops at once instead of running on to a useless model."""
 
 
+def _precision(module: L.LightningModule) -> str:
+    """The Lightning precision string of the module's trainer; ``"32"`` for a module stepped without one."""
+    trainer = module._trainer  # the public property raises when the module is used outside a Trainer
+    return "32" if trainer is None else str(trainer.precision)
+
+
 def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dict[str, torch.Tensor],
                       batch_idx: int) -> None:
     """Raise :class:`NonFiniteLossError` naming the step and the loss terms when ``total`` is not finite."""
@@ -111,7 +117,7 @@ def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dic
     raise NonFiniteLossError(
         f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
         f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
-        + amx_bf16_hint(str(module.trainer.precision), module.device.type)
+        + amx_bf16_hint(_precision(module), module.device.type)
     )
 
 
