@@ -157,8 +157,10 @@ def choices_text() -> str:
     import visattn
     from visattn.data import list_datasets
     from visattn.data.detect import DETECTION_DATASETS
+    from visattn.registry import BACKBONES
 
-    lines = [("backbones", visattn.list_backbones()), ("attention blocks", visattn.list_attention()),
+    lines = [("backbones", visattn.list_backbones() + BACKBONES.families()),
+             ("attention blocks", visattn.list_attention()),
              ("data (classify)", list_datasets()), ("data (detect)", DETECTION_DATASETS.names()),
              ("packaged configs", sorted(k.split("/", 1)[1] for k in packaged_configs()
                                          if not k.startswith("sweeps/")))]

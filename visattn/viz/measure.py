@@ -45,11 +45,13 @@ def channel_maps(maps: Mapping[str, Mapping[str, object]], *, pattern: str | Non
 
 
 def model_stages(model: nn.Module) -> list[str]:
-    """Module paths of the stages of every backbone inside ``model`` (from their ``stage_info``)."""
+    """Module paths of the stages of every backbone inside ``model`` (from their ``stage_info``: where each stage's
+    slots live)."""
     names = []
     for path, module in model.named_modules():
         for info in getattr(module, "stage_info", None) or []:
-            names.append(f"{path}.{info.name}" if path else info.name)
+            where = info.slots or info.name
+            names.append(f"{path}.{where}" if path else where)
     return names
 
 
