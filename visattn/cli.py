@@ -191,8 +191,10 @@ def choices_text() -> str:
     import visattn
     from visattn.data import list_datasets
     from visattn.data.detect import DETECTION_DATASETS
+    from visattn.registry import BACKBONES
 
-    lines = [("backbones", visattn.list_backbones()), ("attention blocks", visattn.list_attention()),
+    lines = [("backbones", visattn.list_backbones() + BACKBONES.families()),
+             ("attention blocks", visattn.list_attention()),
              ("data (classify)", list_datasets()), ("data (detect)", DETECTION_DATASETS.names()),
              ("packaged configs", sorted(k.split("/", 1)[1] for k in packaged_configs()
                                          if not k.startswith("sweeps/")))]
@@ -380,7 +382,11 @@ def train_main(argv: Sequence[str] | None = None, *, prog: str = "visattn train"
         print(line, file=sys.stderr)
     metrics = fit(prepared)
     if prepared.trainer.is_global_zero:
-        test = ", ".join(f"{k}={v:.4f}" for k, v in metrics["test"].items())
+        from visattn.results import format_test_metrics
+
+        for line in getattr(prepared.results, "lines", []):
+            print(line)
+        test = format_test_metrics(metrics["test"])  # map_small/medium/large only where the split has such objects
         print(f"run: {prepared.run_dir}\ntest: {test}\ntrain time: {metrics['train_time_s']:.1f}s, "
               f"throughput: {metrics['throughput_img_s'] or 0:.0f} img/s, data wait: "
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")

@@ -16,11 +16,17 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A mapping from names to constructors, filled with the ``register`` decorator."""
+    """A mapping from names to constructors, filled with the ``register`` decorator.
+
+    A family registered with ``register_family(prefix, resolve, text)`` answers every name ``<prefix>:<rest>``
+    that no entry has: ``resolve(rest)`` returns its constructor or raises ``KeyError`` saying why (timm's zoo is
+    ``timm:<name>``; its names are not enumerated in ``names()``).
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._families: dict[str, tuple[Callable[[str], T], str]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -31,16 +37,32 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_family(self, prefix: str, resolve: Callable[[str], T], text: str) -> None:
+        """Names ``<prefix>:<rest>`` resolve through ``resolve(rest)``; ``text`` describes them in listings."""
+        if not prefix or ":" in prefix:
+            raise ValueError(f"{self.kind} family prefix must be a non-empty name without ':', got {prefix!r}")
+        if prefix in self._families:
+            raise ValueError(f"{self.kind} family {prefix!r} is already registered")
+        self._families[prefix] = (resolve, text)
+
+    def families(self) -> list[str]:
+        """How each prefix family's names are written, e.g. ``timm:<name> (any of timm.list_models())``."""
+        return [text for _, text in self._families.values()]
+
     def get(self, name: str) -> T:
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            names = self.names()
-            raise KeyError(
-                f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} Valid {self.kind} names: {', '.join(names)}"
-            ) from None
+        prefix, colon, rest = name.partition(":")
+        if colon and prefix in self._families:
+            return self._families[prefix][0](rest)
+        names = self.names()
+        families = f"; or {', '.join(self.families())}" if self._families else ""
+        raise KeyError(
+            f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} Valid {self.kind} names: {', '.join(names)}"
+            f"{families}"
+        )
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -37,6 +37,7 @@ from visattn.config import (
 )
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
+from visattn.results import ResultsCollector, write_run_results
 from visattn.rundir import (
     RUN_MARKER,
     DirLock,
@@ -112,6 +113,7 @@ class PreparedRun:
     throughput: ThroughputMonitor
     resume_from: Path | None
     lock: DirLock | None = None  # held from set-up to the end of fit (None in DDP child processes)
+    results: Any = None  # visattn.results.RunResults once fit has written the run's pictures and tables
 
 
 def run_dir_of(config: TrainConfig) -> Path:
@@ -335,6 +337,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         LearningRateMonitor(logging_interval="epoch"),
         throughput,
         BlockStatsMonitor(),  # e.g. an STN's theta statistics, and a warning line for a degenerate grid
+        ResultsCollector(task=config.task),  # per-class results of the final test loop (visattn.results)
     ]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor_metric(config), mode="max", patience=config.early_stopping))
@@ -578,7 +581,21 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)
         write_json_atomic(prepared.run_dir / "metrics.json", metrics)
+        prepared.results = run_results(prepared)
     return metrics
+
+
+def run_results(prepared: PreparedRun) -> Any:
+    """The run's pictures and per-class table (``visattn.results``); a failure there is reported, and the run,
+    whose metrics.json is written, still succeeds."""
+    try:
+        return write_run_results(trainer=prepared.trainer, module=prepared.module, datamodule=prepared.datamodule,
+                                 run_dir=prepared.run_dir, task=prepared.config.task,
+                                 monitor=monitor_metric(prepared.config))
+    except Exception as err:  # noqa: BLE001 - the trained run matters more than its pictures
+        print(f"visattn: warning: the run's pictures and per-class table were not written: "
+              f"{type(err).__name__}: {err}", file=sys.stderr)
+        return None
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
