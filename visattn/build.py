@@ -15,6 +15,7 @@ from torch import nn
 import visattn.attention  # noqa: F401  (registers the blocks)
 import visattn.backbones  # noqa: F401  (registers the backbones)
 from visattn.attention import build_attention
+from visattn.errors import BadArgumentError, BadValueError, UnknownNameError
 from visattn.layers import AttentionSlot, empty_slots
 from visattn.layers.gate import GATE_INITS
 from visattn.registry import ATTENTION, BACKBONES, check_kwargs, did_you_mean, keyword_names
@@ -58,13 +59,16 @@ def _normalise_specs(attn: AttnSpec) -> list[dict[str, Any]]:
         if isinstance(item, str):
             item = {"block": item}
         if not isinstance(item, Mapping):
-            raise TypeError(f"attention spec must be a block name or a mapping with keys {SPEC_KEYS}, got {item!r}")
+            raise BadArgumentError(f"attention spec must be a block name or a mapping with keys {SPEC_KEYS}, "
+                                   f"got {item!r}")
         unknown = [k for k in item if k not in SPEC_KEYS]
         if unknown:
             hint = "".join(did_you_mean(k, list(SPEC_KEYS)) for k in unknown)
-            raise KeyError(f"unknown key(s) {unknown} in attention spec {dict(item)!r}.{hint} Valid keys: {SPEC_KEYS}")
+            raise UnknownNameError(f"unknown key(s) {unknown} in attention spec {dict(item)!r}.{hint} "
+                                   f"Valid keys: {SPEC_KEYS}")
         if "block" not in item:
-            raise KeyError(f"attention spec {dict(item)!r} has no 'block' (a name from visattn.list_attention())")
+            raise UnknownNameError(f"attention spec {dict(item)!r} has no 'block' (a name from "
+                                   "visattn.list_attention())")
         at = item.get("at")
         specs.append({
             "block": item["block"],
@@ -85,7 +89,7 @@ def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block",
     ``init`` ("paper" or "identity"): the ``init`` of every block whose spec does not set one in its ``args``.
     """
     if init is not None and init not in GATE_INITS:
-        raise ValueError(f"attention init must be one of {list(GATE_INITS)}, got {init!r}")
+        raise BadValueError(f"attention init must be one of {list(GATE_INITS)}, got {init!r}")
     slots = _slot_modules(model)
     names = list(slots)
     plan: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -94,20 +98,20 @@ def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block",
         if spec["at"] is None:
             targets = [n for n, s in slots.items() if s.role == default_role]
             if not targets:
-                raise KeyError(f"model has no slots with role {default_role!r}; its slots: {', '.join(names)}")
+                raise UnknownNameError(f"model has no slots with role {default_role!r}; its slots: {', '.join(names)}")
         else:
             targets = []
             for pattern in spec["at"]:
                 matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
                 if not matched:
-                    raise KeyError(
+                    raise UnknownNameError(
                         f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot."
                         f"{did_you_mean(pattern, names)} Slots of this model: {', '.join(names)}"
                     )
                 targets.extend(m for m in matched if m not in targets)
         for target in targets:
             if target in plan:
-                raise ValueError(
+                raise BadValueError(
                     f"slot {target!r} would be filled twice ({plan[target][0]!r} and {block!r}); "
                     "give each slot one block (narrow the 'at' globs)"
                 )
@@ -117,14 +121,14 @@ def fill_slots(model: nn.Module, attn: AttnSpec, *, default_role: str = "block",
             continue
         if init is not None and "init" not in args:
             if "init" not in keyword_names(ATTENTION.get(block)):
-                raise ValueError(f"attention block {block!r} takes no 'init' argument, so it cannot be started "
+                raise BadValueError(f"attention block {block!r} takes no 'init' argument, so it cannot be started "
                                  f"{init!r}; every registered block should take init='paper' | 'identity'")
             args = {**args, "init": init}
         slot = slots[target]
         try:
             module = build_attention(block, slot.channels, **args)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"cannot put {block!r} in slot {target!r} ({slot.channels} channels): {err}") from err
+            raise BadValueError(f"cannot put {block!r} in slot {target!r} ({slot.channels} channels): {err}") from err
         slot.fill(module, block)
     return model
 
@@ -171,13 +175,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which file and why
-        raise ValueError(f"cannot read weights from {path}: {type(err).__name__}: {err}") from err
+        raise BadValueError(f"cannot read weights from {path}: {type(err).__name__}: {err}") from err
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     elif isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise BadValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     keys = list(state)
     if keys and all(k.startswith("model.") for k in keys):  # a LightningModule that holds the model as .model
         state = {k[len("model."):]: v for k, v in state.items()}
@@ -214,7 +218,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
             missing.append(key)
     unexpected = [k for k in state if k not in own and not (classifier and k.startswith(f"{classifier}."))]
     if missing or unexpected:
-        raise KeyError(
+        raise UnknownNameError(
             f"{path} does not fit this model. Missing or mismatched backbone keys ({len(missing)}): "
             f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}. Unexpected keys ({len(unexpected)}): "
             f"{', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}"

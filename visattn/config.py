@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import yaml
 
+from visattn.errors import ConfigError
 from visattn.registry import did_you_mean
 
 TASKS = ("classify", "detect")
@@ -49,9 +50,6 @@ LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how
 # is unchanged at step 0), else "paper" (the published block).
 ATTN_INITS = ("auto", "paper", "identity")
 FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used."""
 
 
 @dataclass

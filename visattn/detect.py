@@ -18,6 +18,7 @@ from torchvision.ops import batched_nms
 import visattn.necks  # noqa: F401  (registers the necks)
 from visattn.backbones.base import Backbone
 from visattn.build import AttnSpec, build_model, fill_slots, load_pretrained, read_state_dict
+from visattn.errors import BadValueError
 from visattn.heads.detect import DetectHead
 from visattn.layers import AttentionSlot, require
 from visattn.registry import NECKS
@@ -37,7 +38,7 @@ class Detector(nn.Module):
     def __init__(self, backbone: Backbone, neck: nn.Module, head: DetectHead) -> None:
         super().__init__()
         if tuple(neck.strides) != tuple(head.strides):
-            raise ValueError(f"Detector: neck strides {tuple(neck.strides)} differ from head strides {head.strides}")
+            raise BadValueError(f"Detector: neck strides {tuple(neck.strides)} differ from head strides {head.strides}")
         self.backbone = backbone
         self.neck = neck
         self.head = head
@@ -55,7 +56,7 @@ class Detector(nn.Module):
         self.backbone.check_input_size(height, width)
         step = max(self.strides)
         if height % step or width % step:
-            raise ValueError(f"Detector: image size {height}x{width} is not supported; height and width must be "
+            raise BadValueError(f"Detector: image size {height}x{width} is not supported; height and width must be "
                              f"multiples of the largest stride {step} (e.g. {max(step, height // step * step)})")
 
     def forward_raw(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -172,7 +173,7 @@ def build_detector(
     require(isinstance(img_size, int) and img_size >= 32 and img_size % 32 == 0, "build_detector", "img_size",
             "a positive multiple of 32", img_size)
     if backbone_args and "num_classes" in backbone_args:
-        raise ValueError("build_detector: backbone_args must not set num_classes (the backbone is built headless; "
+        raise BadValueError("build_detector: backbone_args must not set num_classes (the backbone is built headless; "
                          "pass num_classes to build_detector for the detection classes)")
     body = build_model(backbone, num_classes=0, img_size=img_size, backbone_args=backbone_args)
     neck_module = NECKS.build(neck, body.stage_info, scale=scale)

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from visattn.build import build_model, read_state_dict
+from visattn.errors import ExportError
 from visattn.registry import did_you_mean
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -39,10 +40,6 @@ FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on
 MIN_BOX_AGREEMENT = 0.95
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ExportError(ValueError):
-    """An export that could not be made or did not match the eager model (the message has the numbers)."""
 
 
 @dataclass

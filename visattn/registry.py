@@ -7,6 +7,8 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
+from visattn.errors import BadArgumentError, UnknownNameError
+
 T = TypeVar("T", bound=Callable[..., Any])
 
 
@@ -33,12 +35,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
+            raise BadArgumentError(f"{self.kind} name must be a string, got {type(name).__name__}")
         try:
             return self._entries[name]
         except KeyError:
             names = self.names()
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} Valid {self.kind} names: {', '.join(names)}"
             ) from None
 
@@ -76,7 +78,7 @@ def check_kwargs(what: str, ctor: Callable[..., Any], kwargs: Mapping[str, Any])
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
         hints = "".join(did_you_mean(k, allowed) for k in unknown)
-        raise TypeError(
+        raise BadArgumentError(
             f"{what} got unknown argument(s) {', '.join(map(repr, unknown))}.{hints} "
             f"Allowed: {', '.join(allowed) or '(none)'}"
         )

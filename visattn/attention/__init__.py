@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.registry import ATTENTION
 
 register_attention = ATTENTION.register
@@ -51,13 +52,13 @@ def build_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     the allowed ones, an invalid value raises ``ValueError`` naming the argument.
     """
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
+        raise BadValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
     try:
         return ATTENTION.build(name, channels, **kwargs)
     except ValueError as err:
         if str(err).startswith(f"{name}:"):
             raise
-        raise ValueError(f"{name}: {err}") from err  # a sub-module's message, e.g. cbam's channel_gate
+        raise BadValueError(f"{name}: {err}") from err  # a sub-module's message, e.g. cbam's channel_gate
 
 
 __all__ = ["build_attention", "list_attention", "register_attention"]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from visattn.errors import DataError
 from visattn.layers.helpers import require
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -24,10 +25,6 @@ Transform = Callable[..., dict[str, Any]]  # an albumentations Compose: transfor
 UNSUPPORTED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 # What PIL raises for a file it cannot open or decode (DecompressionBombError: over Image.MAX_IMAGE_PIXELS).
 DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-class DataError(ValueError):
-    """Any problem with a data set's location, layout, content or options."""
 
 
 def check(ok: bool, owner: str, arg: str, allowed: str, value: object) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from visattn.errors import BadValueError
+
 SLOT_ROLES = ("block", "stage", "input", "neck", "csp")
 
 
@@ -22,7 +24,7 @@ class AttentionSlot(nn.Module):
     def __init__(self, channels: int, *, role: str = "block") -> None:
         super().__init__()
         if role not in SLOT_ROLES:
-            raise ValueError(f"AttentionSlot: unknown role {role!r}; valid roles: {', '.join(SLOT_ROLES)}")
+            raise BadValueError(f"AttentionSlot: unknown role {role!r}; valid roles: {', '.join(SLOT_ROLES)}")
         self.channels = int(channels)
         self.role = role
         self.block: nn.Module | None = None

@@ -17,6 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from visattn.errors import NonFiniteLossError
 from visattn.tasks.finetune import attn_lr_scales
 
 
@@ -96,10 +97,6 @@ def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     warmup = min(total // 2, int(round(hp.warmup_epochs * total / epochs)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class NonFiniteLossError(ValueError):
-    """A training loss became NaN or infinite: training stops at once instead of running on to a useless model."""
 
 
 def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dict[str, torch.Tensor],
