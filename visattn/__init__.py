@@ -1,25 +1,23 @@
-"""visattn: plug-in attention blocks for vision backbones."""
+"""visattn: plug-in attention blocks for vision backbones.
 
-from visattn.attention import build_attention, list_attention
-from visattn.backbones import list_backbones
-from visattn.build import build_model, fill_slots, list_slots, load_pretrained
+The names below are imported on first use (PEP 562), so ``import visattn`` and ``visattn --help`` import no torch.
+"""
+
+from visattn.lazy import lazy_face
 
 __version__ = "0.1.0"
 
-
-def count(model, *, input_size=(1, 3, 224, 224), device=None):  # noqa: ANN001, ANN201
-    """Params, MACs and FLOPs of ``model`` at ``input_size``; see :func:`visattn.complexity.count`."""
-    from visattn.complexity import count as _count
-
-    return _count(model, input_size=input_size, device=device)
-
-
-def load(path, *, checkpoint="best"):  # noqa: ANN001, ANN201
-    """Rebuild a model from an export folder or a run directory; see :func:`visattn.export.load`."""
-    from visattn.export import load as _load
-
-    return _load(path, checkpoint=checkpoint)
-
+__getattr__, __dir__ = lazy_face(__name__, {
+    "build_attention": "visattn.attention",
+    "list_attention": "visattn.attention",
+    "list_backbones": "visattn.backbones",
+    "build_model": "visattn.build",
+    "fill_slots": "visattn.build",
+    "list_slots": "visattn.build",
+    "load_pretrained": "visattn.build",
+    "count": "visattn.complexity",
+    "load": "visattn.export",
+})
 
 __all__ = [
     "build_attention",

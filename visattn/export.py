@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from visattn.build import build_model, read_state_dict
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
 from visattn.errors import ExportError
 from visattn.registry import did_you_mean
 
@@ -38,8 +39,6 @@ FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on
 # Detections may differ where two overlapping boxes of one class score within float noise of each other (NMS
 # keeps either); below this share of matched boxes the export fails.
 MIN_BOX_AGREEMENT = 0.95
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -12,18 +12,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, DataError, pil_to_rgb
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, pil_to_rgb
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return files
 
 

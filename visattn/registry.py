@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -18,16 +19,38 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A mapping from names to constructors, filled with the ``register`` decorator."""
+    """A mapping from names to constructors, filled with the ``register`` decorator.
+
+    A package ``declare``s the names each of its files registers, so that the names can be listed (``names()``,
+    ``in``; ``visattn train --help``) without importing those files and torch with them; the file is imported on
+    the first ``get`` of one of its names. A test checks that every file registers exactly what is declared.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._declared: dict[str, str] = {}  # name -> the module that registers it when imported
+
+    def declare(self, module: str, *names: str) -> None:
+        """Importing ``module`` registers ``names``."""
+        for name in names:
+            if name in self._declared or name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already declared or registered")
+            self._declared[name] = module
+
+    def declarations(self) -> dict[str, list[str]]:
+        """module -> the names it is declared to register."""
+        out: dict[str, list[str]] = {}
+        for name, module in self._declared.items():
+            out.setdefault(module, []).append(name)
+        return out
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered (by {self._entries[name]!r})")
+            owner = self._declared.get(name, getattr(obj, "__module__", None))
+            if name in self._entries or owner != getattr(obj, "__module__", None):
+                by = self._entries[name] if name in self._entries else owner
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {by!r})")
             self._entries[name] = obj
             return obj
 
@@ -36,6 +59,10 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if not isinstance(name, str):
             raise BadArgumentError(f"{self.kind} name must be a string, got {type(name).__name__}")
+        if name not in self._entries and name in self._declared:
+            importlib.import_module(self._declared[name])  # registers it
+            if name not in self._entries:  # a bug: the declaration and the file disagree
+                raise RuntimeError(f"{self._declared[name]} is declared to register {self.kind} {name!r} but did not")
         try:
             return self._entries[name]
         except KeyError:
@@ -45,16 +72,16 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._declared})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._declared
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the constructor registered as ``name``; unknown keywords raise with the valid ones."""
@@ -88,3 +115,4 @@ ATTENTION: Registry[Callable[..., Any]] = Registry("attention block")
 BACKBONES: Registry[Callable[..., Any]] = Registry("backbone")
 NECKS: Registry[Callable[..., Any]] = Registry("neck")
 DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+DETECTION_DATASETS: Registry[Callable[..., Any]] = Registry("detection data set")

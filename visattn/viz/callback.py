@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
 from visattn.viz.figures import write_figures  # imported with the callback, not mid-run
 
 
@@ -62,8 +63,8 @@ class AttentionFigures(L.Callback):
         if samples is None:
             return
         augment = getattr(trainer.datamodule, "augment", None)
-        mean = getattr(augment, "mean", (0.485, 0.456, 0.406))
-        std = getattr(augment, "std", (0.229, 0.224, 0.225))
+        mean = getattr(augment, "mean", IMAGENET_MEAN)
+        std = getattr(augment, "std", IMAGENET_STD)
         model = getattr(pl_module, "model", pl_module)
         out = self.out_dir / f"epoch_{trainer.current_epoch:03d}"
         try:

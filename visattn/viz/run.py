@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from visattn.data.base import IMAGE_EXTENSIONS
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: bool = False) -> tuple[nn.Module, Any]:
@@ -59,9 +59,9 @@ def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndar
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:n]
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     files, resize = image_files(paths, np.zeros(len(paths), np.int64), img_size=size), eval_resize(size)
     images = [resize(image=files.raw(i))["image"] for i in range(len(files))]  # each (size, size, 3) uint8
     return np.stack(images), [str(p.relative_to(folder)) for p in paths]

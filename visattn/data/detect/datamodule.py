@@ -11,7 +11,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import lightning as L
@@ -28,9 +27,8 @@ from visattn.data.detect.transforms import (
     build_detect_eval_transform,
     build_detect_train_transform,
 )
-from visattn.registry import Registry, keyword_names
+from visattn.registry import DETECTION_DATASETS, keyword_names
 
-DETECTION_DATASETS: Registry[Any] = Registry("detection data set")
 CACHE_BUDGET = 1 << 30  # bytes: splits whose letterboxed images fit are decoded once and kept in memory
 _SHARED = ("data_dir", "skip_bad_images", "img_size")  # module arguments a loader may take
 
@@ -271,10 +269,4 @@ class DetectionDataModule(L.LightningDataModule):
         return DetectionSamples(np.stack(images), boxes, labels, ids, self.class_names)
 
 
-def list_detection_datasets() -> list[str]:
-    """Sorted names of the detection data sets."""
-    return DETECTION_DATASETS.names()
-
-
-__all__ = ["DETECTION_DATASETS", "DetectionDataModule", "DetectionDataset", "DetectionSamples", "detection_collate",
-           "list_detection_datasets"]
+__all__ = ["DetectionDataModule", "DetectionDataset", "DetectionSamples", "detection_collate"]

@@ -22,9 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, SPLITS, DataError, jpeg_truncated, read_label_text
+from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, SPLITS, DataError, jpeg_truncated, read_label_text
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
 CLIP_TOLERANCE = 0.5  # pixels: boxes out of their image by less are clipped without counting (rounding)
 COCO_LAYOUT = ("Expected COCO layout: <root>/annotations/instances_{train,val[,test]}.json with images in "
