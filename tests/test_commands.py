@@ -114,7 +114,7 @@ def test_profile_tool_script_has_no_traceback():
 
 
 def test_profile_detector_and_backbone_args_match_count(capsys):
-    from visattn.detect import build_detector
+    from visattn.models.detector import build_detector
 
     profile_main(["--task", "detect", "--backbone", "csp_n", "--attn", "eca", "--img-size", "64",
                   "--num-classes", "3", "--repeats", "1", "--warmup", "0"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import visattn
-from visattn.build import list_slots
 from visattn.config import make_config
 from visattn.export import ExportError, ModelSpec, export_model, export_run
+from visattn.models.build import list_slots
 from visattn.predict import predict_folder
 from visattn.train import train
 

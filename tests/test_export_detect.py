@@ -11,10 +11,10 @@ import torch
 from torchvision.ops import batched_nms
 
 import visattn
-from visattn.build import list_slots
 from visattn.config import make_config
-from visattn.detect import DetectorWithNMS, split_detections
 from visattn.export import ExportError, ModelSpec, export_model, export_run
+from visattn.models.build import list_slots
+from visattn.models.detector import DetectorWithNMS, split_detections
 from visattn.ops import nms_select
 from visattn.predict import predict_folder
 from visattn.train import train

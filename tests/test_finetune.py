@@ -11,8 +11,8 @@ import yaml
 
 import visattn
 from visattn.config import ConfigError, make_config
-from visattn.detect import build_detector
 from visattn.export import load_run
+from visattn.models.detector import build_detector
 from visattn.tasks import ClassificationModule
 from visattn.tasks.common import make_optimizer
 from visattn.tasks.finetune import attn_lr_scales, freeze_parameters

@@ -124,7 +124,7 @@ def test_cli_flags_reach_the_config():
 
 
 def test_speed_options_keep_state_dict_keys_and_outputs():
-    from visattn.build import build_model
+    from visattn.models.build import build_model
     from visattn.tasks.classify import ClassificationModule
     from visattn.train import apply_speed_options
 

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-import visattn.attention
-import visattn.backbones
+import visattn.attention  # noqa: F401  (the packages declare their names on import)
+import visattn.backbones  # noqa: F401
 import visattn.data
 import visattn.data.detect
-import visattn.necks
+import visattn.necks  # noqa: F401
 from visattn.errors import UnknownNameError
 from visattn.registry import ATTENTION, BACKBONES, DATASETS, DETECTION_DATASETS, NECKS, Registry
 

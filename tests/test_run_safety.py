@@ -289,7 +289,7 @@ def test_finite_training_loss_but_non_finite_test_metric_fails_the_command(tmp_p
 
 
 def test_detection_loss_is_checked_too():
-    from visattn.detect import build_detector
+    from visattn.models.detector import build_detector
     from visattn.tasks.common import NonFiniteLossError
     from visattn.tasks.detect import DetectionModule
 

@@ -231,7 +231,7 @@ def profile_main(argv: Sequence[str] | None = None, *, prog: str = "tools/profil
         label = f"{args.run} ({spec.backbone} + {spec.attn or 'no attention'})"
         img_size, in_chans = args.img_size or spec.img_size, spec.in_chans
     elif args.task == "detect":
-        from visattn.detect import build_detector
+        from visattn.models.detector import build_detector
 
         img_size, in_chans = args.img_size or 160, 3
         model = build_detector(args.backbone, attn=args.attn, num_classes=args.num_classes or 80, neck=args.neck,

@@ -57,7 +57,7 @@ class ConfusionCallback(L.Callback):
 
 def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -> tuple[nn.Module, Any, str]:
     """(eval-mode model, its ``ModelSpec``, a label): a run checkpoint read with ``weights_only=True``
-    (``visattn.build.read_state_dict``), or an export folder's model.json + model.safetensors."""
+    (``visattn.models.read_state_dict``), or an export folder's model.json + model.safetensors."""
     from visattn.export import ModelSpec, load, load_run
 
     if export is None:

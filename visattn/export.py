@@ -26,9 +26,10 @@ import torch
 import yaml
 from torch import nn
 
-from visattn.build import build_model, read_state_dict
 from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
 from visattn.errors import ExportError
+from visattn.models.build import build_model
+from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -64,7 +65,7 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         if self.task == "detect":
-            from visattn.detect import build_detector
+            from visattn.models.detector import build_detector
 
             return build_detector(self.backbone, attn=self.attn, num_classes=self.num_classes,
                                   neck=self.neck or "pan", scale=self.scale or "n", img_size=self.img_size,
@@ -290,7 +291,7 @@ def export_model(
 
     A detector's ONNX file holds box decoding and class-wise NMS (outputs ``decoded`` (B, A, 4 + C) and
     ``detections`` (K, 7): batch, x0, y0, x1, y1, score, class); its TorchScript file and safetensors
-    weights give ``decoded``, and NMS runs outside (``visattn.detect.postprocess``).
+    weights give ``decoded``, and NMS runs outside (``visattn.models.postprocess``).
     """
     model = model.eval()
     dtype = torch.float16 if half else torch.float32
@@ -298,7 +299,7 @@ def export_model(
         model = model.half()
     detect = spec.task == "detect"
     if detect:
-        from visattn.detect import DetectorWithNMS
+        from visattn.models.detector import DetectorWithNMS
         from visattn.ops import onnx_translations
 
         with_nms = DetectorWithNMS(model, conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold,
@@ -318,7 +319,7 @@ def export_model(
     if detect:
         report["nms"] = {"onnx": "in the graph (NonMaxSuppression); outputs decoded, detections",
                          "torchscript": "outside: the file gives decoded boxes and scores; run "
-                                        "visattn.detect.postprocess (torchvision batched_nms) on them",
+                                        "visattn.models.postprocess (torchvision batched_nms) on them",
                          "safetensors": "outside, as for torchscript"}
         report.update(conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold, max_det=spec.max_det)
     with torch.no_grad():

@@ -200,8 +200,8 @@ def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: flo
     if model_path.is_dir():
         import torch
 
-        from visattn.detect import postprocess
         from visattn.export import load
+        from visattn.models.detector import postprocess
 
         model = load(model_path)
 

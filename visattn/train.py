@@ -22,7 +22,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from visattn.build import measure_output_change
 from visattn.config import (
     FIELDS,
     LOCATION_KEYS,
@@ -34,6 +33,7 @@ from visattn.config import (
     read_yaml,
     save_config,
 )
+from visattn.models.weights import measure_output_change
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
@@ -246,13 +246,13 @@ def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
 
 def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
     """The task module around a freshly built model (``pretrained`` loaded if set)."""
-    from visattn.build import build_model
+    from visattn.models.build import build_model
 
     common = dict(lr=config.lr, weight_decay=config.weight_decay, optimizer=config.optimizer,
                   momentum=config.momentum, warmup_epochs=config.warmup_epochs,
                   attn_lr_scale=float(config.attn_lr_scale), freeze_bn=config.freeze_bn)
     if config.task == "detect":
-        from visattn.detect import build_detector
+        from visattn.models.detector import build_detector
         from visattn.tasks.detect import DetectionModule
 
         model = build_detector(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,

@@ -48,6 +48,11 @@ class AttentionSlot(nn.Module):
         return f"channels={self.channels}, role={self.role}, {state}"
 
 
+def slot_modules(model: nn.Module) -> dict[str, AttentionSlot]:
+    """Every slot of ``model`` by its name (module path), filled or empty, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, AttentionSlot)}
+
+
 @contextlib.contextmanager
 def empty_slots(model: nn.Module) -> Iterator[None]:
     """Run ``model`` inside the ``with`` as if every slot were empty: the network without its blocks."""

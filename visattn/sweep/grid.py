@@ -247,10 +247,10 @@ def _error_text(err: BaseException) -> str:
 
 def _model_slots(config: TrainConfig) -> tuple[list[str], list[str]]:
     """(all slot names, default slot names) of the run's model with every slot empty."""
-    from visattn.build import build_model, list_slots
+    from visattn.models.build import build_model, list_slots
 
     if config.task == "detect":
-        from visattn.detect import Detector, build_detector
+        from visattn.models.detector import Detector, build_detector
 
         model = build_detector(config.backbone, num_classes=1, neck=config.neck, scale=config.scale,
                                img_size=config.img_size, backbone_args=config.backbone_args)
@@ -265,10 +265,10 @@ def _model_slots(config: TrainConfig) -> tuple[list[str], list[str]]:
 
 def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> None:
     """Block names, their argument names and the slot globs of ``config.attn`` (no block is built)."""
-    from visattn.build import _normalise_specs
+    from visattn.models.build import normalise_specs
     from visattn.registry import ATTENTION, check_kwargs
 
-    for spec in _normalise_specs(config.attn):
+    for spec in normalise_specs(config.attn):
         block = spec["block"]
         if block != "none":
             check_kwargs(f"attention block {block!r}", ATTENTION.get(block), spec["args"])

@@ -494,14 +494,14 @@ def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     size, in_chans = int(config["img_size"]), int(metrics.get("in_chans", 3))
     if config.get("task") == "detect":
-        from visattn.detect import build_detector
+        from visattn.models.detector import build_detector
 
         model = build_detector(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
                                neck=config.get("neck", "pan"), scale=config.get("scale", "n"), img_size=size,
                                backbone_args=config.get("backbone_args") or {},
                                attn_init=config.get("attn_init") or "paper")
     else:
-        from visattn.build import build_model
+        from visattn.models.build import build_model
 
         model = build_model(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
                             in_chans=in_chans, img_size=size, backbone_args=config.get("backbone_args") or {},

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-import visattn.necks  # noqa: F401  (registers the necks)
+import visattn.necks  # noqa: F401  (declares the necks)
 from visattn.backbones.base import Backbone
-from visattn.build import AttnSpec, build_model, fill_slots, load_pretrained, read_state_dict
 from visattn.errors import BadValueError
 from visattn.heads.detect import DetectHead
 from visattn.layers import AttentionSlot, require
+from visattn.models.build import AttnSpec, build_model, fill_slots
+from visattn.models.weights import load_pretrained, read_state_dict
+from visattn.ops import nms_select
 from visattn.registry import NECKS
 
 __all__ = ["Detector", "DetectorWithNMS", "build_detector", "postprocess", "split_detections"]
@@ -212,8 +214,6 @@ class DetectorWithNMS(nn.Module):
 
     def select(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoded (B, A, 4 + C) -> detections (K, 7) (the NMS half of ``forward``)."""
-        from visattn.ops import nms_select
-
         boxes = decoded[..., :4]  # (B, A, 4)
         scores = decoded[..., 4:].transpose(1, 2).contiguous()  # (B, C, A)
         selected = nms_select(boxes, scores, self.max_det, self.iou_threshold, self.conf_threshold)  # (K, 3)
