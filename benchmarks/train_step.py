@@ -2,7 +2,7 @@
 
 Each repeat times every variant in turn (``--steps`` steps each, after warm-up), so background load on a shared
 machine hits all of them alike; the table reports each variant's median step time, its ratio to fp32 (median of the
-per-repeat ratios, with min-max spread) and the achieved GFLOP/s and MFU against the cached matmul peak of the
+per-repeat ratios, with min-max spread) and the achieved GFLOP/s and its share of the cached matmul peak of the
 variant's dtype (see visattn.perf). A step is forward + loss + backward + AdamW, as in training.
 
     .venv/bin/python benchmarks/train_step.py --models resnet18:none resnet18:se --variants fp32 bf16
@@ -91,7 +91,7 @@ def main() -> None:
     peaks = {d: matmul_peak(d)["flops"] for d in ("fp32", "bf16") if any(d in v or (d == "fp32" and "bf16" not in v)
                                                                          for v in args.variants)}
     print("matmul peak (cached): " + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in peaks.items()))
-    header = "| model | variant | step ms (median, min-max) | ratio to first (median, min-max) | GFLOP/s | MFU |"
+    header = "| model | variant | step ms (median, min-max) | ratio to first (median, min-max) | GFLOP/s | of mm peak |"
     print(header + "\n|---|---|---|---|---|---|")
     for spec in args.models:
         name, _, attn = spec.partition(":")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +261,22 @@ def test_augment_config_and_names() -> None:
         ClassificationDataModule(name="digits", batch_size=0)
     with pytest.raises(DataError, match="unknown split 'tset'.*'test'"):
         ClassificationDataModule(name="digits", limit=4).dataset("tset")
+
+
+def test_importing_the_data_pipelines_goes_online_nowhere():
+    """albumentations asks pypi.org for its newest version on import unless told not to; visattn tells it."""
+    code = textwrap.dedent("""
+        import socket, time
+        asked = []
+        def refuse(host, *args, **kwargs):
+            asked.append(host)
+            raise OSError("offline")
+        socket.getaddrinfo = refuse
+        import visattn.data.transforms, visattn.data.detect.transforms
+        time.sleep(1.0)  # albumentations' check may run in a thread
+        print("asked:", asked)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "asked: []" in result.stdout, result.stdout + result.stderr

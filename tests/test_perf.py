@@ -53,17 +53,20 @@ def test_peak_is_measured_once_then_read_from_the_cache(cache_home, monkeypatch)
     files = list((cache_home / "visattn").glob("peak-*.json"))
     assert len(files) == 1
     table = json.loads(files[0].read_text())
-    assert any(k.startswith("cpu:fp32:") and v["flops"] == 1e11 for k, v in table.items())
+    assert [v["flops"] for k, v in table.items() if ":cpu:fp32:" in k] == [1e11]
     again = perf.matmul_peak("fp32")
     assert again["cached"] and again["flops"] == 1e11 and calls == ["fp32"]
     bf16 = perf.matmul_peak("bf16")
     assert bf16["flops"] == 3e11 and calls == ["fp32", "bf16"]
-    # a re-measurement on a busy machine does not lower the peak; a higher one replaces it
+    # a re-measurement replaces the stored value, lower or higher (a peak cached on a busy machine is put right
+    # by measuring on a quiet one); the other dtype's entry is kept
     monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 5e10)
-    assert perf.matmul_peak("fp32", refresh=True)["flops"] == 1e11
+    assert perf.matmul_peak("fp32", refresh=True)["flops"] == 5e10
+    assert perf.matmul_peak("fp32")["flops"] == 5e10
     monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 2e11)
     assert perf.matmul_peak("fp32", refresh=True)["flops"] == 2e11
     assert perf.matmul_peak("fp32")["flops"] == 2e11
+    assert perf.matmul_peak("bf16")["flops"] == 3e11 and perf.matmul_peak("bf16")["cached"]
 
 
 def test_peak_cache_follows_xdg_cache_home(tmp_path, monkeypatch):
@@ -75,9 +78,119 @@ def test_peak_cache_follows_xdg_cache_home(tmp_path, monkeypatch):
 
 
 def test_real_matmul_peak_is_positive_and_rejects_unknown_dtype():
-    assert perf.measure_matmul_peak("fp32", size=64, seconds=0.01) > 0
+    assert perf.measure_matmul_peak("fp32", sizes=(32, 64), seconds=0.01) > 0
     with pytest.raises(ValueError, match="fp32, bf16, fp16"):
-        perf.measure_matmul_peak("int8", size=8, seconds=0.01)
+        perf.measure_matmul_peak("int8", sizes=(8,), seconds=0.01)
+    with pytest.raises(ValueError, match="at least one size"):
+        perf.measure_matmul_peak("fp32", sizes=(), seconds=0.01)
+
+
+def test_measured_peak_is_the_best_call_over_sizes_and_rounds(monkeypatch):
+    """Every size is tried in every round: a slow burst (another process) at one size's turn does not hide it."""
+    calls: list[int] = []
+    now = [0.0]
+
+    def clock() -> float:  # each call to torch.mm "takes" 1 s, except size 16 in round 2: 0.5 s
+        return now[0]
+
+    def fake_mm(a, b):  # noqa: ANN001, ANN202
+        calls.append(a.shape[0])
+        rounds_done = sum(1 for c in calls if c == 16)
+        now[0] += 0.5 if (a.shape[0] == 16 and rounds_done == 3) else 1.0  # 1 warm-up call of each size first
+
+    monkeypatch.setattr(torch, "mm", fake_mm)
+    best = perf.measure_matmul_peak("fp32", sizes=(8, 16), seconds=0.0, rounds=3, clock=clock)
+    assert calls == [8, 16] + [8, 16] * 3  # warm-ups, then one call per size per round (chunks of 0 s)
+    assert best == pytest.approx(2 * 16**3 / 0.5)
+
+
+def test_peak_cache_key_is_hardware_dtype_threads_and_torch():
+    base = dict(device="cpu", threads=1, flags=frozenset({"avx2", "amx_bf16"}), cores=2, torch_version="2.9.0",
+                name="Intel(R) Xeon(R) Processor")
+    key = perf.peak_cache_key(perf.peak_identity("bf16", **base))
+    assert key == perf.peak_cache_key(perf.peak_identity("bf16", **base))
+    changed = [perf.peak_identity("fp32", **base)]
+    for field, value in [("threads", 2), ("flags", frozenset({"avx2"})), ("cores", 4), ("torch_version", "2.10.0"),
+                         ("name", "AMD EPYC")]:
+        changed.append(perf.peak_identity("bf16", **{**base, field: value}))
+    keys = [perf.peak_cache_key(identity) for identity in changed]
+    assert key not in keys and len(set(keys)) == len(keys)
+    # the same CPU model name on a host with other flags or cores gets another cache file too
+    assert perf._cache_path(changed[2]) != perf._cache_path(perf.peak_identity("bf16", **base))
+    assert perf._cache_path(changed[1]) == perf._cache_path(perf.peak_identity("bf16", **base))  # same hardware
+
+
+def test_peak_cached_on_other_hardware_is_not_reused(monkeypatch):
+    measured = iter([1e11, 2e11])
+    monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: next(measured))
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2"}))
+    assert perf.matmul_peak("fp32")["flops"] == 1e11
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2", "avx512f"}))
+    assert perf.matmul_peak("fp32")["flops"] == 2e11
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"avx2"}))
+    assert perf.matmul_peak("fp32") == {**perf.matmul_peak("fp32"), "flops": 1e11, "source": "cache"}
+
+
+def test_sweep_measures_once_before_its_runs_and_hands_the_peaks_over(monkeypatch):
+    from visattn.sweep.execute import run_peaks
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_measure(dtype, *, device, seconds):  # noqa: ANN001
+        calls.append((dtype, torch.get_num_threads()))
+        return 7e10
+
+    monkeypatch.setattr(perf, "measure_matmul_peak", fake_measure)
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    threads = torch.get_num_threads()
+    peaks = run_peaks([{"precision": "32"}, {"precision": "auto"}, {"precision": "32", "accelerator": "cpu"}],
+                      threads=1)
+    assert sorted(calls) == [("bf16", 1), ("fp32", 1)] and torch.get_num_threads() == threads
+    assert [(p["dtype"], p["threads"]) for p in peaks] == [("bf16", 1), ("fp32", 1)]
+    # in a run (visattn.sweep.worker.child_main): the handed-over peak is used, nothing is measured or read
+    monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: pytest.fail("measured"))
+    cache_dir = perf.cache_dir
+    monkeypatch.setattr(perf, "cache_dir", lambda: pytest.fail("cache read"))
+    try:
+        perf.use_peaks(peaks)
+        torch.set_num_threads(1)
+        in_run = perf.matmul_peak("bf16")
+        assert in_run["flops"] == 7e10 and in_run["source"] == "sweep"
+        assert "from sweep" in perf.describe_peak(in_run)
+        torch.set_num_threads(2)  # another thread count (or another Ray node's hardware): not this peak
+        monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 9e10)
+        monkeypatch.setattr(perf, "cache_dir", cache_dir)
+        other = perf.matmul_peak("bf16")
+        assert other["flops"] == 9e10 and other["source"] == "measured" and other["threads"] == 2
+    finally:
+        perf.use_peaks(None)
+        torch.set_num_threads(threads)
+
+
+def test_peak_share_reads_committed_old_metrics_and_new_ones():
+    from pathlib import Path
+
+    old = json.loads(next(Path(__file__).parents[1].glob(
+        "benchmarks/results/cluttered-r18w32-blocks-v2/runs/resnet18-se-s0/metrics.json")).read_text())
+    assert "mfu" in old and "matmul_peak_share" not in old  # written before the rename
+    assert perf.peak_share(old) == pytest.approx(old["mfu"])
+    assert perf.peak_share({"matmul_peak_share": 0.4, "palm_mfu": 0.1}) == 0.4
+    assert perf.peak_share({"palm_mfu": 0.1}) is None and perf.peak_share({"mfu": None}) is None
+
+
+def test_palm_mfu_only_where_a_datasheet_peak_is_known(monkeypatch):
+    assert perf.theoretical_peak("bf16", "cpu") is None and perf.palm_mfu(1e12, "bf16", "cpu") is None
+    for name, dtype, expected in [("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+                                  ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
+                                  ("NVIDIA H100 PCIe", "fp16", 756.5e12), ("NVIDIA L4", "fp32", 30.3e12),
+                                  ("NVIDIA L40S", "bf16", 362.1e12), ("NVIDIA L40", "bf16", None),
+                                  ("NVIDIA A10G", "bf16", None), ("Tesla T4", "bf16", None),
+                                  ("NVIDIA GeForce RTX 4090", "bf16", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        peak = perf.theoretical_peak(dtype, torch.device("cuda", 0))
+        assert (None if peak is None else peak[0]) == (None if expected is None else pytest.approx(expected)), name
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-PCIE-40GB")
+    assert perf.palm_mfu(156e12, "bf16", torch.device("cuda", 0)) == pytest.approx(0.5)
 
 
 CPUINFO = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 avx512f {extra}\n"
@@ -180,14 +293,16 @@ def test_ruler_in_epoch_line_and_logs_and_eval_without_grad(capsys, monkeypatch)
                         num_sanity_val_steps=0)
     module = _Tiny()
     trainer.fit(module, _loader(32, 8), _loader(16, 8))
-    assert {"train/train_gflops_s", "train/mfu", "train/throughput_img_s"} <= set(trainer.callback_metrics)
+    assert {"train/train_gflops_s", "train/matmul_peak_share", "train/throughput_img_s"} <= set(
+        trainer.callback_metrics)
+    assert "train/palm_mfu" not in trainer.callback_metrics  # no datasheet peak for a CPU
     trainer.test(module, _loader(16, 8), verbose=False)
     # test runs under torch.inference_mode(); Lightning runs validation inside fit under torch.no_grad() (its
     # training epoch loop builds that loop with inference_mode=False), which is as fast for these models
     assert {mode for mode in module.modes} == {("val", False, False), ("test", True, False)}
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2  loss ")
-    assert "acc " in lines[0] and "img/s" in lines[0] and "GFLOP/s" in lines[0] and "MFU" in lines[0]
+    assert "acc " in lines[0] and "img/s" in lines[0] and "GFLOP/s" in lines[0] and "of mm peak" in lines[0]
     assert len(lines[0]) == len(lines[1])  # aligned columns
     history = throughput.history
     assert len(history) == 2
@@ -195,9 +310,10 @@ def test_ruler_in_epoch_line_and_logs_and_eval_without_grad(capsys, monkeypatch)
     for stats in history:
         expected = 32 * 48 / stats["epoch_train_s"]
         assert stats["train_gflops_s"] == pytest.approx(expected / 1e9)
-        assert stats["mfu"] == pytest.approx(expected / 1e6)
+        assert stats["matmul_peak_share"] == pytest.approx(expected / 1e6)
     ruler = throughput.summary()
     assert ruler["peak_gflops_s"] == pytest.approx(1e-3) and ruler["peak_dtype"] == "fp32"
+    assert ruler["peak_denominator"].startswith("torch.mm peak measured on ") and ruler["palm_mfu"] is None
 
 
 def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
@@ -209,8 +325,8 @@ def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
                                    clock=lambda: float(next(ticks)))  # every step takes one "second"
     assert result["step_ms"] == pytest.approx(1000.0) and result["img_s"] == pytest.approx(4.0)
     assert result["train_gflops_s"] == pytest.approx(4 * 6 * macs / 1e9)
-    assert result["mfu"] == pytest.approx(4 * 6 * macs / 1e9)
-    assert "MFU" in perf.training_report(result)
+    assert result["matmul_peak_share"] == pytest.approx(4 * 6 * macs / 1e9) and result["palm_mfu"] is None
+    assert "of the fp32 torch.mm peak measured here" in perf.training_report(result)
     bf16 = perf.profile_training(model, input_size=(2, 3, 8, 8), precision="bf16-mixed", steps=1, warmup=0)
     assert bf16["peak_dtype"] == "bf16" and bf16["img_s"] > 0
 
@@ -240,7 +356,9 @@ def test_run_records_what_precision_auto_chose_and_why(tmp_path, monkeypatch, fl
     assert metrics["precision"] == expected and metrics["peak_dtype"] == ("bf16" if flags else "fp32")
     assert metrics["precision_reason"] == ("auto: CPU has avx512_bf16" if flags else
                                            "auto: CPU has none of amx_bf16, avx512_bf16")
-    assert metrics["train_gflops_s"] > 0 and metrics["mfu"] > 0
+    assert metrics["train_gflops_s"] > 0 and metrics["matmul_peak_share"] > 0 and "mfu" not in metrics
+    assert metrics["peak_denominator"].startswith("torch.mm peak measured on ")
+    assert metrics["palm_mfu"] is None and metrics["palm_mfu_denominator"] is None
     hparams = yaml.safe_load((tmp_path / "run" / "logs" / "hparams.yaml").read_text())
     assert hparams["precision"] == expected and hparams["precision_reason"] == metrics["precision_reason"]
 

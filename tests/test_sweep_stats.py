@@ -5,14 +5,25 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest, nct, t, ttest_ind, ttest_rel
 
 from visattn.sweep.grid import RunPlan
 from visattn.sweep.plots import _cost_slots, _error, write_plots
-from visattn.sweep.report import ConfigSummary, RunResult, collect, summarize, write_results_csv, write_summary_md
+from visattn.sweep.report import (
+    ConfigSummary,
+    RunResult,
+    collect,
+    lr_curve,
+    summarize,
+    write_results_csv,
+    write_summary_md,
+)
 from visattn.sweep.stats import collapse_reason, compare, holm, min_detectable, verdict, wilson
 
 BASE = [0.80, 0.83, 0.81, 0.82]
@@ -60,15 +71,18 @@ def test_minimum_detectable_difference_has_80_percent_power():
         power = nct.sf(crit, df, mdd / se)  # the wrong-sign tail is < 1e-6 here (and NaN in scipy at df=1)
         assert power == pytest.approx(0.8, abs=1e-5)
     assert min_detectable(1.0, 10_000) == pytest.approx(1.95996 + 0.84162, abs=1e-3)  # the normal limit
-    # paired: from the sd of the differences; Welch: from the pooled sd
+    # paired: from the sd of the differences; Welch: from Welch's standard error and Welch–Satterthwaite df (issue
+    # 19: it used the pooled sd with n_a + n_b - 2 df, too optimistic when the sides differ)
     diffs = [0.01, -0.02, 0.03]
     paired = compare({i: 0.5 + d for i, d in enumerate(diffs)}, {i: 0.5 for i in range(3)})
     sd = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
     assert paired.mdd == pytest.approx(min_detectable(sd / math.sqrt(3), 2))
     a, b = [0.6, 0.62, 0.64], [0.5, 0.55]
     welch = compare(dict(enumerate(a)), {10: b[0], 11: b[1]})
-    pooled = math.sqrt((sum((x - 0.62) ** 2 for x in a) + sum((x - 0.525) ** 2 for x in b)) / 3)
-    assert welch.mdd == pytest.approx(min_detectable(pooled * math.sqrt(1 / 3 + 1 / 2), 3))
+    share_a = sum((x - 0.62) ** 2 for x in a) / 2 / 3
+    share_b = sum((x - 0.525) ** 2 for x in b) / 1 / 2
+    df = (share_a + share_b) ** 2 / (share_a ** 2 / 2 + share_b ** 2 / 1)
+    assert welch.mdd == pytest.approx(min_detectable(math.sqrt(share_a + share_b), df))
 
 
 def test_holm_matches_a_hand_computation():
@@ -151,10 +165,12 @@ def test_collapse_reasons():
     assert "train/loss_epoch is nan at epoch 2" in collapse_reason(metric="test.acc", value=0.8, metrics=healthy,
                                                                    rows=nan_rows)
     assert "test.acc is nan" in collapse_reason(metric="test.acc", value=math.nan, metrics=healthy, rows=rows)
-    flat = [{"epoch": str(e), "val/acc": str(v)} for e, v in enumerate([0.5, 0.48, 0.5, 0.49])]
-    assert "val/acc never rose after epoch 1" in collapse_reason(metric="test.acc", value=0.5, metrics=healthy,
+    # flat and near chance on val (issue 19: flat alone is not a collapse, see the test below); the test value of
+    # 25 % is above chance, so only the validation rule speaks
+    flat = [{"epoch": str(e), "val/acc": str(v)} for e, v in enumerate([0.15, 0.14, 0.15, 0.13])]
+    assert "val/acc never rose after epoch 1" in collapse_reason(metric="test.acc", value=0.25, metrics=healthy,
                                                                  rows=flat)
-    assert collapse_reason(metric="test.acc", value=0.5, metrics=healthy, rows=flat[:2]) == ""  # too short to say
+    assert collapse_reason(metric="test.acc", value=0.25, metrics=healthy, rows=flat[:2]) == ""  # too short to say
     assert collapse_reason(metric="test.map", value=0.0, metrics={"test": {"map": 0.0}}, rows=[]) == ""
 
 
@@ -265,3 +281,183 @@ def test_summary_says_which_configurations_were_still_learning(tmp_path):
     section = summary.split("## Trained to the end?", 1)[1]
     assert "| resnet18/none | 2 | 5 | 85.70 / 86.10 / 86.30 | +0.60 | flat |" in section
     assert "| resnet18/mhsa | 2 | 5 | 52.50 / 61.00 / 70.50 | +18.00 | still rising |" in section
+
+
+# ------------------------------------------------------------------ issue 19: say no more than the seeds support
+# The flagship sweep's test accuracies (cluttered-r18w32-blocks-v2, results.csv, rounded to 4 digits).
+FLAGSHIP = {"none": [0.8780, 0.8947, 0.8943, 0.8898, 0.9011], "se": [0.8845, 0.8923, 0.8849, 0.8817, 0.8848],
+            "eca": [0.8689, 0.8805, 0.8698, 0.8694, 0.8819], "cbam": [0.8596, 0.8785, 0.8577, 0.8588, 0.8686],
+            "stn": [0.8777, 0.8953, 0.8763, 0.8947, 0.8924], "mhsa": [0.9316, 0.9363, 0.9340, 0.9329, 0.9221],
+            "deeper": [0.9017, 0.9094, 0.9061, 0.9064, 0.9011]}
+
+
+def detectable_in(text: str) -> float:
+    return float(text.split("detectable: ±")[1].rstrip(")"))
+
+
+def test_detectable_difference_is_at_the_level_holm_uses():
+    table = [r for name, values in FLAGSHIP.items() for r in runs(f"resnet18/{name}", values)]
+    rows = by_config(summarize(table, {}, metric="test.acc"))
+    base = FLAGSHIP["none"]
+    for name, expected in (("se", 2.35), ("stn", 2.51), ("deeper", 2.39)):
+        row = rows[f"resnet18/{name}"]
+        diffs = [a - b for a, b in zip(FLAGSHIP[name], base, strict=True)]
+        se = statistics.stdev(diffs) / math.sqrt(5)
+        holm_level = min_detectable(se, 4, alpha=0.05 / 6)  # 6 comparisons against resnet18/none
+        assert row.verdict.startswith("inconclusive")
+        assert detectable_in(row.verdict) == pytest.approx(100 * holm_level, abs=0.006)
+        assert detectable_in(row.verdict) == pytest.approx(expected, abs=0.01)
+        assert holm_level > 1.5 * min_detectable(se, 4)  # the unadjusted level read 1.4-1.5 on these seeds
+    summary = write_summary_md(list(rows.values()), table, Path("/dev/null"), name="x", metric="test.acc",
+                               latency_info={}, plots=[])
+    assert "alpha = 0.05 / 6" in summary
+    # a family of one comparison: Holm changes nothing, the level is alpha itself
+    alone = by_config(summarize(runs("resnet18/none", base) + runs("resnet18/se", FLAGSHIP["se"]), {}))
+    diffs = [a - b for a, b in zip(FLAGSHIP["se"], base, strict=True)]
+    assert detectable_in(alone["resnet18/se"].verdict) == pytest.approx(
+        100 * min_detectable(statistics.stdev(diffs) / math.sqrt(5), 4), abs=0.006)
+
+
+def test_welch_detectable_difference_uses_welch_se_and_df():
+    a = [0.50, 0.62, 0.56]  # three noisy runs against ten steady ones, no seed in common
+    b = [0.80, 0.81, 0.80, 0.79, 0.80, 0.81, 0.80, 0.79, 0.805, 0.795]
+    result = compare(dict(enumerate(a)), {100 + i: v for i, v in enumerate(b)})
+    assert result.test == "Welch"
+    var_a, var_b = statistics.variance(a) / 3, statistics.variance(b) / 10
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / 2 + var_b ** 2 / 9)  # Welch–Satterthwaite
+    assert result.mdd == pytest.approx(min_detectable(math.sqrt(var_a + var_b), df))
+    # what the number promises: Welch's test at that true difference (these sds) finds it 80 % of the time
+    rng = np.random.default_rng(0)
+    draws_a = rng.normal(result.mdd, statistics.stdev(a), (40_000, 3))
+    draws_b = rng.normal(0.0, statistics.stdev(b), (40_000, 10))
+    power = float(np.mean(ttest_ind(draws_a, draws_b, axis=1, equal_var=False).pvalue < 0.05))
+    assert power == pytest.approx(0.8, abs=0.02)
+
+
+def float32(value: float) -> float:
+    """A metric as metrics.json stores it: computed in float32, written as a Python float."""
+    return float(np.float32(value))
+
+
+def test_identical_gains_on_every_seed_have_no_p_value_at_the_metric_resolution():
+    rng = random.Random(0)
+    for _ in range(100):
+        correct = [rng.randrange(8000, 9000) for _ in range(5)]  # of 10,000 test images
+        gain = rng.randrange(1, 300)
+        table = (runs("resnet18/none", [float32(k / 10_000) for k in correct])
+                 + runs("resnet18/se", [float32((k + gain) / 10_000) for k in correct]))
+        for result in table:
+            result.test_size = 10_000
+        rows = by_config(summarize(table, {}, metric="test.acc"))
+        assert rows["resnet18/se"].comparison.p is None, (correct, gain)
+        assert rows["resnet18/se"].verdict.startswith("better on every seed by the same amount")
+        # Welch (no seed in common): two constant sides are no variance either
+        welch_table = (runs("resnet18/none", [float32(correct[0] / 10_000)] * 3)
+                       + runs("resnet18/se", [float32((correct[0] + gain) / 10_000)] * 3, seeds=[5, 6, 7]))
+        for result in welch_table:
+            result.test_size = 10_000
+        welch_row = by_config(summarize(welch_table, {}, metric="test.acc"))["resnet18/se"]
+        assert welch_row.comparison.test == "Welch" and welch_row.comparison.p is None
+    # one image more on one seed is seed variance: a p-value
+    correct = [8500, 8600, 8700, 8800]
+    table = (runs("resnet18/none", [float32(k / 10_000) for k in correct])
+             + runs("resnet18/se", [float32((k + g) / 10_000) for k, g in zip(correct, [7, 7, 7, 8], strict=True)]))
+    for result in table:
+        result.test_size = 10_000
+    assert by_config(summarize(table, {}))["resnet18/se"].comparison.p is not None
+    # the same images right on every seed, one side stored in float32 and one in float64: identical, not "better"
+    table = (runs("resnet18/none", [float32(k / 10_000) for k in correct])
+             + runs("resnet18/se", [k / 10_000 for k in correct]))
+    for result in table:
+        result.test_size = 10_000
+    assert by_config(summarize(table, {}))["resnet18/se"].verdict == "inconclusive (identical on every seed)"
+    # no known resolution (mAP): float32 rounding is still not seed variance
+    base = [0.2130, 0.1871, 0.2049, 0.1948]
+    rows = by_config(summarize(runs("resnet18/none", [float32(v) for v in base])
+                               + runs("resnet18/eca", [float32(v + 0.0123) for v in base]), {}, metric="test.map"))
+    assert rows["resnet18/eca"].comparison.p is None
+
+
+def test_a_flat_run_is_collapsed_only_when_it_is_also_low(tmp_path):
+    healthy = {"num_classes": 10, "test": {"acc": 0.9, "loss": 0.3}}
+    # fine-tuned from a trained network: at its best from the first epoch and flat after it
+    finetuned = [{"epoch": str(e), "val/acc": str(v)} for e, v in enumerate([0.91, 0.90, 0.91, 0.905])]
+    assert collapse_reason(metric="test.acc", value=0.90, metrics=healthy, rows=finetuned) == ""
+    # low and flat is still a collapse, also where no chance rule applies (mAP)
+    low = [{"epoch": str(e), "val/map": str(v)} for e, v in enumerate([0.02, 0.01, 0.02, 0.015])]
+    assert "val/map never rose after epoch 1" in collapse_reason(metric="test.map", value=0.02,
+                                                                 metrics={"test": {"map": 0.02}}, rows=low)
+    high = [{"epoch": str(e), "val/map": str(v)} for e, v in enumerate([0.62, 0.60, 0.61, 0.615])]
+    assert collapse_reason(metric="test.map", value=0.6, metrics={"test": {"map": 0.6}}, rows=high) == ""
+    # and such a run stays in the test
+    plans = []
+    for config, values in (("resnet18/none", [0.85, 0.86, 0.87]), ("resnet18/se", [0.90, 0.91, 0.905])):
+        for seed, acc in enumerate(values):
+            run_id = f"{config.replace('/', '-')}-s{seed}"
+            plans.append(RunPlan(run_id, config, "grid", "resnet18", config.split("/")[1], {}, seed, {},
+                                 "resnet18/none"))
+            fake_run(tmp_path, run_id, acc=acc, val=[acc + 0.01, acc, acc + 0.005] if config.endswith("se")
+                     else [0.5, 0.7, acc])
+    rows = by_config(summarize(collect(tmp_path, plans, "test.acc"), {}))
+    assert rows["resnet18/se"].collapsed == 0 and rows["resnet18/se"].comparison.n == (3, 3)
+
+
+def loss_run(root: Path, run_id: str, *, val_loss: list[float], lrs: list[float]) -> None:
+    """A run that logs val/loss per epoch and the learning rate at the start of each epoch (as Lightning does)."""
+    run_dir = root / "runs" / run_id
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"test": {"acc": 0.8, "loss": val_loss[-1]},
+                                                      "num_classes": 10, "test_size": 100}))
+    lines = ["epoch,lr-AdamW/pg1,step,val/loss"]
+    for epoch, (loss, lr) in enumerate(zip(val_loss, lrs, strict=True)):
+        lines += [f",{lr},{10 * epoch},", f"{epoch},,{10 * epoch + 9},{loss}"]
+    (run_dir / "logs" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_convergence_table_reads_losses_the_right_way_and_counts_seeds_best_at_the_end(tmp_path):
+    lrs = [0.001, 0.002, 0.0017, 0.001, 0.0003, 0.00004]  # warm-up, then cosine: the last epoch at 2 % of the peak
+    curves = {"resnet18/none": [[2.0, 1.0, 0.80, 0.700, 0.690, 0.702], [2.0, 1.1, 0.85, 0.740, 0.730, 0.742]],
+              "resnet18/se": [[2.0, 1.5, 1.20, 1.00, 0.90, 0.80], [2.1, 1.6, 1.30, 1.04, 0.94, 0.84]],
+              "resnet18/eca": [[2.0, 1.2, 0.90, 0.80, 0.85, 0.95], [2.0, 1.2, 0.95, 0.84, 0.89, 0.99]]}
+    plans = []
+    for config, losses in curves.items():
+        for seed, val in enumerate(losses):
+            run_id = f"{config.replace('/', '-')}-s{seed}"
+            plans.append(RunPlan(run_id, config, "grid", "resnet18", config.split("/")[1], {}, seed, {},
+                                 "resnet18/none"))
+            loss_run(tmp_path, run_id, val_loss=val, lrs=lrs)
+    results = collect(tmp_path, plans, "test.loss")
+    summary = write_summary_md(summarize(results, {}, metric="test.loss"), results, tmp_path / "summary.md",
+                               name="x", metric="test.loss", latency_info={}, plots=[])
+    section = summary.split("## Trained to the end?", 1)[1]
+    # lower is better: a falling loss is still improving, a rising one is getting worse
+    assert "| resnet18/se | 2 | 6 | 1.02 / 0.92 / 0.82 | -0.20 | still falling | 2 of 2 |" in section
+    assert "| resnet18/eca | 2 | 6 | 0.82 / 0.87 / 0.97 | +0.15 | rising |" in section
+    # best val (the lowest loss) at the last epoch: ties count, the baseline's seeds were best earlier
+    assert "| resnet18/none | 2 | 6 | 0.72 / 0.71 / 0.72 | +0.00 | flat | 0 of 2 |" in section
+    assert "| resnet18/eca | 2 | 6 | 0.82 / 0.87 / 0.97 | +0.15 | rising | 0 of 2 |" in section
+    # what the check can and cannot show under this schedule, with its lr at the last epoch from the logs
+    assert "2 % of its peak" in section and "largely built in by the schedule" in section
+    assert lr_curve(tmp_path, "resnet18-se-s0") == pytest.approx([lr / 0.002 for lr in lrs])
+    # the curves plot draws the schedule and each seed's best epoch (lowest loss) without error
+    files = write_plots(summarize(results, {}, metric="test.loss"), results, tmp_path, "test.loss")
+    assert (tmp_path / files[2]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_best_at_the_last_epoch_are_counted_for_accuracy(tmp_path):
+    curves = {"resnet18/none": [[0.3, 0.80, 0.861, 0.864, 0.866], [0.3, 0.79, 0.853, 0.861, 0.86]],
+              "resnet18/eca": [[0.3, 0.70, 0.80, 0.82, 0.83], [0.3, 0.71, 0.80, 0.83, 0.83]]}
+    plans = []
+    for config, vals in curves.items():
+        for seed, val in enumerate(vals):
+            run_id = f"{config.replace('/', '-')}-s{seed}"
+            plans.append(RunPlan(run_id, config, "grid", "resnet18", config.split("/")[1], {}, seed, {},
+                                 "resnet18/none"))
+            fake_run(tmp_path, run_id, acc=val[-1], val=val)
+    results = collect(tmp_path, plans, "test.acc")
+    summary = write_summary_md(summarize(results, {}), results, tmp_path / "summary.md", name="x",
+                               metric="test.acc", latency_info={}, plots=[])
+    section = summary.split("## Trained to the end?", 1)[1]
+    assert "| resnet18/none | 2 | 5 | 85.70 / 86.25 / 86.30 | +0.60 | flat | 1 of 2 |" in section
+    assert "| resnet18/eca | 2 | 5 | 80.00 / 82.50 / 83.00 | +3.00 | still rising | 2 of 2 |" in section
+    assert "best val at the last epoch" in section

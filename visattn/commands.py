@@ -208,12 +208,14 @@ def profile_main(argv: Sequence[str] | None = None, *, prog: str = "tools/profil
     parser.add_argument("--repeats", type=int, default=10, help="timed forward passes, median reported (default: 10)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--train-steps", type=int, default=3,
-                        help="timed training steps for the ruler: img/s, GFLOP/s, MFU (0: skip; default: 3)")
+                        help="timed training steps for the ruler: img/s, GFLOP/s, share of the matmul peak "
+                             "(0: skip; default: 3)")
     parser.add_argument("--train-batch-size", type=int, default=16, help="batch of the training steps (default: 16)")
     parser.add_argument("--precision", default="32", help="precision of the training steps: 32 | bf16-mixed | auto "
                                                           "(default: 32)")
     parser.add_argument("--remeasure-peak", action="store_true",
-                        help="measure this machine's matmul peak again (the cache keeps the higher value)")
+                        help="measure this machine's matmul peak again and replace the cached value (do it on a "
+                             "quiet machine: every later run on this hardware is divided by it)")
     args = parser.parse_args(argv)
     if args.backbone_args is not None and not isinstance(args.backbone_args, dict):
         raise ValueError(f"--backbone-args must be a YAML mapping such as '{{base_width: 32}}', "
@@ -261,7 +263,11 @@ def profile_main(argv: Sequence[str] | None = None, *, prog: str = "tools/profil
 
         precision, _ = resolve_precision(args.precision, accelerator=torch.device(args.device).type)
         if args.remeasure_peak:
-            matmul_peak(precision_dtype(precision), device=args.device, refresh=True)
+            dtype = precision_dtype(precision)
+            peak = matmul_peak("fp32" if dtype == "fp16" and args.device == "cpu" else dtype, device=args.device,
+                               refresh=True)
+            print(f"matmul peak re-measured and stored: {peak['flops'] / 1e9:.0f} GFLOP/s ({peak['dtype']}, "
+                  f"{torch.get_num_threads()} thread(s))")
         ruler = profile_training(copy.deepcopy(model), input_size=(args.train_batch_size, *size[1:]),
                                  precision=precision, steps=args.train_steps, device=args.device)
         print(training_report(ruler))

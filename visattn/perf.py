@@ -1,13 +1,23 @@
-"""A ruler for training speed: training FLOPs per image, achieved FLOP/s, and MFU against this machine's matmul peak.
+"""A ruler for training speed: training FLOPs per image, achieved FLOP/s, and two shares of it.
 
-Why a measured peak and not a datasheet one: a shared or virtualised CPU (2 cores of a cloud EPYC, say) reaches a
-fraction of the vendor's number, and what a user can act on is "how far is my step from what ``torch.mm`` reaches
-here". The peak is measured once per (CPU model, device, dtype, threads) and cached per user in
-``$XDG_CACHE_HOME/visattn/peak-<cpu hash>.json`` (default ``~/.cache``); ``refresh=True`` measures again.
+- ``matmul_peak_share``: achieved FLOP/s over the ``torch.mm`` rate *measured on this machine* for the run's dtype
+  and thread count. Why a measured peak: a shared or virtualised CPU reaches a fraction of any datasheet number,
+  and what a user can act on is "how far is my step from what ``torch.mm`` reaches here". This is not PaLM's MFU,
+  so it does not carry that name (metrics.json before this ruler called it ``mfu``: :func:`peak_share` reads both).
+- ``palm_mfu``: PaLM-style model FLOPs utilisation, achieved over the hardware's theoretical dense peak, reported
+  only where that peak is known (a small table of data-centre GPUs, :data:`THEORETICAL_PEAKS`); None on CPUs.
+
+The measured peak is the best rate over several matrix sizes and repeated rounds (:data:`PEAK_SIZES`): a burst of
+load from another process slows some chunks, and the cache-heavy large sizes suffer most, so the best chunk over
+sizes and rounds is what the hardware does. It is cached per user in ``$XDG_CACHE_HOME/visattn/peak-<hardware
+hash>.json`` (default ``~/.cache``), keyed on what determines it (:func:`peak_identity`): the CPU's model, flags
+and core count (or the GPU's name), the dtype, the torch thread count and the torch version. ``refresh=True``
+(``profile --remeasure-peak``) measures again and *replaces* the stored value. A sweep measures the peak once
+before it starts its workers and hands it to them (:func:`use_peaks`), so no run measures while another trains.
 
 Convention (as in :mod:`visattn.complexity`): FLOPs = 2 x MACs; a training step costs 3 x the forward FLOPs
 (forward, backward to activations, backward to weights), the usual estimate for MFU. Uncounted O(elements) work
-(norms, activations, pooling) is left out, so MFU is the share of the matmul peak the counted arithmetic reaches.
+(norms, activations, pooling) is left out, so the share is that of the counted arithmetic.
 
 ``resolve_precision`` picks the run's precision for ``precision: auto`` and says why (recorded in metrics.json).
 """
@@ -27,18 +37,28 @@ from typing import Any
 import torch
 
 __all__ = [
+    "PEAK_SIZES",
+    "THEORETICAL_PEAKS",
     "TRAIN_FLOPS_PER_FORWARD",
     "achieved_flops",
     "cache_dir",
     "cpu_flags",
     "cpu_model",
+    "describe_peak",
     "matmul_peak",
     "measure_matmul_peak",
     "mfu",
+    "palm_mfu",
+    "peak_cache_key",
+    "peak_identity",
+    "peak_share",
+    "peaks_for_runs",
     "precision_dtype",
     "profile_training",
     "resolve_precision",
+    "theoretical_peak",
     "training_flops_per_image",
+    "use_peaks",
 ]
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (activations) + backward (weights)
@@ -46,6 +66,24 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (activations) + backward (weig
 # Cooper Lake / AMD Zen 4+); without them oneDNN emulates bf16 and autocast is usually slower than fp32.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEAK_SIZES = (256, 512, 1024, 2048)  # square torch.mm sizes whose best rate is the measured peak
+# Theoretical dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets, by a substring of
+# torch.cuda.get_device_name(); fp32 is the plain (non-TF32) rate, what torch's fp32 matmuls use by default.
+# First match wins, so the more specific names come first.
+THEORETICAL_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 NVL", {"fp32": 60.0, "bf16": 835.0, "fp16": 835.0}),
+    ("H100 PCIe", {"fp32": 51.2, "bf16": 756.5, "fp16": 756.5}),
+    ("H100", {"fp32": 66.9, "bf16": 989.4, "fp16": 989.4}),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("A100", {"fp32": 19.5, "bf16": 312.0, "fp16": 312.0}),
+    ("L40S", {"fp32": 91.6, "bf16": 362.1, "fp16": 362.1}),
+    ("L40", {}),  # not in this table: no MFU rather than another card's numbers
+    ("L4", {"fp32": 30.3, "bf16": 121.0, "fp16": 121.0}),
+    ("A10G", {}),
+    ("A10", {"fp32": 31.2, "bf16": 125.0, "fp16": 125.0}),
+    ("V100", {"fp32": 15.7, "fp16": 125.0}),
+    ("T4", {"fp32": 8.1, "fp16": 65.0}),
+)
+_PRESET_PEAKS: dict[str, dict[str, Any]] = {}  # cache key -> entry, handed over by a sweep (use_peaks)
 
 
 def precision_dtype(precision: str) -> str:
@@ -71,10 +109,40 @@ def achieved_flops(*, images: int, seconds: float, macs_per_image: int | float) 
 
 
 def mfu(flops_per_s: float, peak_flops_per_s: float | None) -> float | None:
-    """Model FLOPs utilisation: achieved FLOP/s as a share of the measured peak (None when no peak is known)."""
+    """Achieved FLOP/s as a share of a peak (None when no peak is known). Against the measured matmul peak this
+    is ``matmul_peak_share``; against a datasheet peak (:func:`theoretical_peak`) it is PaLM's MFU."""
     if not peak_flops_per_s:
         return None
     return flops_per_s / peak_flops_per_s
+
+
+def theoretical_peak(dtype: str, device: str | torch.device = "cpu") -> tuple[float, str] | None:
+    """``(FLOP/s, device name)``: the datasheet dense peak of ``device`` for ``dtype`` (:data:`THEORETICAL_PEAKS`),
+    or None where it is not known (every CPU: a VM's share of a socket has no datasheet number)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for pattern, peaks in THEORETICAL_PEAKS:
+        if pattern in name:
+            return (peaks[dtype] * 1e12, name) if dtype in peaks else None
+    return None
+
+
+def palm_mfu(flops_per_s: float, dtype: str, device: str | torch.device = "cpu") -> float | None:
+    """PaLM-style MFU: achieved FLOP/s over the theoretical dense peak, where :func:`theoretical_peak` knows it."""
+    peak = theoretical_peak(dtype, device)
+    return None if peak is None else flops_per_s / peak[0]
+
+
+def peak_share(metrics: dict[str, Any]) -> float | None:
+    """The share of the measured matmul peak from a metrics.json (or epoch stats) mapping, old or new.
+
+    Runs written before the ruler was renamed stored it as ``mfu`` (with no ``matmul_peak_share`` key); the
+    newer ``palm_mfu`` is a different quantity and is never read here.
+    """
+    value = metrics.get("matmul_peak_share", metrics.get("mfu"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def cpu_model() -> str:
@@ -113,9 +181,47 @@ def _device_name(device: torch.device) -> str:
     return cpu_model()
 
 
-def _cache_path(device: torch.device) -> Path:
-    digest = hashlib.sha1(_device_name(device).encode()).hexdigest()[:12]
-    return cache_dir() / f"peak-{digest}.json"
+def peak_identity(dtype: str, *, device: str | torch.device = "cpu", threads: int | None = None,
+                  flags: frozenset[str] | None = None, cores: int | None = None,
+                  torch_version: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """What a measured matmul peak depends on: the hardware (a CPU's model name, feature flags and core count, or
+    a GPU's name), the dtype, the torch thread count (CPU) and the torch version (its kernels).
+
+    The keyword arguments override what is read from this machine (for tests and for a sweep preparing the
+    peaks of its workers).
+    """
+    device = torch.device(device)
+    identity: dict[str, Any] = {"device": device.type, "name": name or _device_name(device), "dtype": dtype,
+                                "torch": torch_version or torch.__version__}
+    if device.type == "cpu":
+        identity["flags"] = sorted(cpu_flags() if flags is None else flags)
+        identity["cores"] = cores if cores is not None else (os.cpu_count() or 1)
+        identity["threads"] = threads if threads is not None else torch.get_num_threads()
+    return identity
+
+
+def _hardware_digest(identity: dict[str, Any]) -> str:
+    hardware = {k: identity.get(k) for k in ("device", "name", "flags", "cores")}
+    return hashlib.sha1(json.dumps(hardware, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def peak_cache_key(identity: dict[str, Any]) -> str:
+    """The cache key of a :func:`peak_identity`: a hash of the hardware, then dtype, threads and torch version."""
+    threads = identity.get("threads", 0)
+    return f"{_hardware_digest(identity)}:{identity['device']}:{identity['dtype']}:{threads}t:torch{identity['torch']}"
+
+
+def _cache_path(identity: dict[str, Any]) -> Path:
+    return cache_dir() / f"peak-{_hardware_digest(identity)}.json"
+
+
+def use_peaks(entries: list[dict[str, Any]] | None) -> None:
+    """Make :func:`matmul_peak` answer from ``entries`` (what a sweep measured before starting its runs, each as
+    :func:`matmul_peak` returned it) where their key matches, without measuring or reading the cache."""
+    _PRESET_PEAKS.clear()
+    for entry in entries or []:
+        if isinstance(entry, dict) and entry.get("key") and entry.get("flops"):
+            _PRESET_PEAKS[entry["key"]] = dict(entry)
 
 
 def _sync(device: torch.device) -> None:
@@ -123,63 +229,79 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(dtype: str = "fp32", *, device: str | torch.device = "cpu", size: int = 2048,
-                        seconds: float = 1.0, clock: Callable[[], float] = time.perf_counter) -> float:
-    """FLOP/s of ``torch.mm`` on two ``size`` x ``size`` matrices, best of short timed chunks over ~``seconds``.
+def measure_matmul_peak(dtype: str = "fp32", *, device: str | torch.device = "cpu",
+                        sizes: tuple[int, ...] = PEAK_SIZES, seconds: float = 2.0, rounds: int = 3,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
+    """FLOP/s of ``torch.mm`` on square matrices: the best timed call over ``sizes`` x ``rounds`` chunks, each
+    about ``seconds / (len(sizes) * rounds)`` long (at least one call).
 
-    The best chunk, not the mean: on a shared machine the slow chunks are other processes, not the hardware.
+    The best call, not the mean: on a shared machine the slow calls are other processes, not the hardware. The
+    sizes are visited round-robin (each round tries every size) so that a burst of load, which hurts the
+    cache-bound large sizes most, cannot spoil every measurement of the size that would have been fastest.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; valid choices: {', '.join(_DTYPES)}")
+    if not sizes or rounds < 1:
+        raise ValueError(f"need at least one size and one round, got sizes={sizes!r}, rounds={rounds}")
     device = torch.device(device)
-    a = torch.randn(size, size, device=device).to(_DTYPES[dtype])
-    b = torch.randn(size, size, device=device).to(_DTYPES[dtype])
-    flops = 2 * size**3
-    torch.mm(a, b)  # warm-up: kernel selection, page faults
+    pairs = {}
+    for size in sizes:
+        a = torch.randn(size, size, device=device).to(_DTYPES[dtype])
+        b = torch.randn(size, size, device=device).to(_DTYPES[dtype])
+        torch.mm(a, b)  # warm-up: kernel selection, page faults
+        pairs[size] = (a, b)
     _sync(device)
-    rates: list[float] = []
-    deadline = clock() + seconds
-    while clock() < deadline or len(rates) < 3:
-        start = clock()
-        torch.mm(a, b)
-        _sync(device)
-        rates.append(flops / max(clock() - start, 1e-12))
-    return max(rates)
+    chunk = seconds / (len(sizes) * rounds)
+    best = 0.0
+    for _ in range(rounds):
+        for size, (a, b) in pairs.items():
+            flops = 2 * size**3
+            deadline = clock() + chunk
+            while True:
+                start = clock()
+                torch.mm(a, b)
+                _sync(device)
+                end = clock()
+                best = max(best, flops / max(end - start, 1e-12))
+                if end >= deadline:
+                    break
+    return best
 
 
-def _peak_key(device: torch.device, dtype: str, threads: int) -> str:
-    return f"{device.type}:{dtype}:{threads if device.type == 'cpu' else 0}t:torch{torch.__version__}"
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
 
 
 def matmul_peak(dtype: str = "fp32", *, device: str | torch.device = "cpu", refresh: bool = False,
-                seconds: float = 1.0) -> dict[str, Any]:
-    """The cached matmul peak for ``dtype`` on ``device`` at the current torch thread count; measured if missing.
+                seconds: float = 2.0) -> dict[str, Any]:
+    """The matmul peak for ``dtype`` on ``device`` at the current torch thread count: handed over by a sweep
+    (:func:`use_peaks`), else cached, else measured now and cached.
 
-    Measured on a busy machine the peak comes out low (and MFU high); ``refresh=True`` (``tools/profile_model.py
-    --remeasure-peak``) measures again and keeps the higher value.
+    ``refresh=True`` (``profile --remeasure-peak``) measures again and replaces the stored value, higher or lower:
+    a peak measured on a busy machine is put right by measuring on a quiet one.
 
-    Returns ``{"flops": ..., "dtype", "device_name", "threads", "measured_at", "cached": bool}``. A cache that
-    cannot be read or written (read-only home) is ignored: the peak is then measured again next time.
+    Returns ``{"flops", "dtype", "device_name", "threads", "torch", "key", "measured_at", "cached": bool,
+    "source"}``; ``source`` says where it came from ("measured", "cache", "sweep"). A cache that cannot be read
+    or written (read-only home) is ignored: the peak is then measured again next time.
     """
     device = torch.device(device)
-    threads = torch.get_num_threads()
-    key = _peak_key(device, dtype, threads)
-    path = _cache_path(device)
-    table: dict[str, Any] = {}
-    try:
-        table = json.loads(path.read_text())
-        if not isinstance(table, dict):
-            table = {}
-    except (OSError, ValueError):
-        table = {}
+    identity = peak_identity(dtype, device=device)
+    key = peak_cache_key(identity)
+    if not refresh and key in _PRESET_PEAKS:
+        return {**_PRESET_PEAKS[key], "cached": True, "source": "sweep"}
+    path = _cache_path(identity)
+    table = _read_table(path)
     if not refresh and isinstance(table.get(key), dict) and table[key].get("flops"):
-        return {**table[key], "cached": True}
+        return {**table[key], "key": key, "cached": True, "source": "cache"}
     flops = measure_matmul_peak(dtype, device=device, seconds=seconds)
-    old = table.get(key) if isinstance(table.get(key), dict) else {}
-    if refresh and float(old.get("flops") or 0) > flops:
-        return {**old, "cached": True}  # a peak is a maximum: a busier re-measurement does not lower it
-    entry = {"flops": flops, "dtype": dtype, "device_name": _device_name(device), "threads": threads,
+    entry = {"flops": flops, "dtype": dtype, "device_name": identity["name"], "threads": identity.get("threads"),
+             "torch": identity["torch"], "sizes": list(PEAK_SIZES), "key": key,
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    table = _read_table(path)  # again: another process may have added other keys meanwhile
     table[key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +310,28 @@ def matmul_peak(dtype: str = "fp32", *, device: str | torch.device = "cpu", refr
         os.replace(tmp, path)
     except OSError:
         pass
-    return {**entry, "cached": False}
+    return {**entry, "cached": False, "source": "measured"}
+
+
+def peaks_for_runs(dtypes: list[str], *, threads: int, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """The matmul peaks (cached, else measured now) that runs with ``threads`` torch threads will be divided by, one
+    per dtype: what a sweep calls before it starts any run and hands to the runs (:func:`use_peaks`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [matmul_peak(dtype, device=device) for dtype in sorted(set(dtypes))]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def describe_peak(peak: dict[str, Any] | None) -> str | None:
+    """One phrase naming a measured peak (the denominator of ``matmul_peak_share``), for metrics.json."""
+    if not peak:
+        return None
+    threads = f", {peak['threads']} thread(s)" if peak.get("threads") else ""
+    return (f"torch.mm peak measured on {peak.get('device_name')} ({peak.get('dtype')}{threads}, best over sizes "
+            f"{'/'.join(str(s) for s in peak.get('sizes') or PEAK_SIZES)}, {peak.get('measured_at')}, "
+            f"from {peak.get('source', 'cache')})")
 
 
 def resolve_precision(precision: str, *, accelerator: str = "auto", flags: frozenset[str] | None = None,
@@ -260,10 +403,15 @@ def profile_training(model: torch.nn.Module, *, input_size: tuple[int, ...], pre
     step = statistics.median(times)
     flops = achieved_flops(images=input_size[0], seconds=step, macs_per_image=macs)
     peak = matmul_peak("fp32" if dtype == "fp16" and device.type == "cpu" else dtype, device=device)
+    theoretical = theoretical_peak(dtype, device)
     return {"step_ms": 1e3 * step, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
-            "img_s": input_size[0] / step, "train_gflops_s": flops / 1e9, "mfu": mfu(flops, peak["flops"]),
-            "peak_gflops_s": peak["flops"] / 1e9, "peak_dtype": peak["dtype"], "macs_per_image": macs,
-            "train_flops_per_image": training_flops_per_image(macs), "precision": precision, "steps": steps}
+            "img_s": input_size[0] / step, "train_gflops_s": flops / 1e9,
+            "matmul_peak_share": mfu(flops, peak["flops"]), "peak_gflops_s": peak["flops"] / 1e9,
+            "peak_dtype": peak["dtype"], "peak_source": describe_peak(peak),
+            "palm_mfu": None if theoretical is None else flops / theoretical[0],
+            "theoretical_peak_gflops_s": None if theoretical is None else theoretical[0] / 1e9,
+            "macs_per_image": macs, "train_flops_per_image": training_flops_per_image(macs), "precision": precision,
+            "steps": steps}
 
 
 def training_report(result: dict[str, Any]) -> str:
@@ -271,8 +419,11 @@ def training_report(result: dict[str, Any]) -> str:
     return (f"training step ({result['precision']}, {result['steps']} timed steps): median {result['step_ms']:.1f} ms "
             f"(min {result['step_ms_min']:.1f}, max {result['step_ms_max']:.1f}), {result['img_s']:.1f} img/s, "
             f"{result['train_flops_per_image'] / 1e9:.3f} GFLOPs/image (3 x forward), "
-            f"{result['train_gflops_s']:.1f} GFLOP/s = MFU {100 * (result['mfu'] or 0):.1f}% of the "
-            f"{result['peak_dtype']} matmul peak {result['peak_gflops_s']:.0f} GFLOP/s on {cpu_model()}")
+            f"{result['train_gflops_s']:.1f} GFLOP/s = {100 * (result['matmul_peak_share'] or 0):.1f}% of the "
+            f"{result['peak_dtype']} torch.mm peak measured here, {result['peak_gflops_s']:.0f} GFLOP/s on "
+            f"{cpu_model()}" + ("" if result.get("palm_mfu") is None else
+                                f"; PaLM MFU {100 * result['palm_mfu']:.1f}% of the datasheet "
+                                f"{result['theoretical_peak_gflops_s'] / 1e3:.0f} TFLOP/s"))
 
 
 def median_spread(values: list[float]) -> tuple[float, float, float]:

@@ -540,9 +540,13 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
         "throughput_img_s": ruler["throughput_img_s"],
         "data_wait_frac": ruler["data_wait_frac"],
         "train_gflops_s": ruler["train_gflops_s"],  # 3 x forward FLOPs per image x images/s (visattn.perf)
-        "mfu": ruler["mfu"],  # share of the cached matmul peak of peak_dtype on this machine
+        # share of the torch.mm peak of peak_dtype measured on this machine (named "mfu" before; visattn.perf)
+        "matmul_peak_share": ruler["matmul_peak_share"],
         "peak_gflops_s": ruler["peak_gflops_s"],
         "peak_dtype": ruler["peak_dtype"],
+        "peak_denominator": ruler["peak_denominator"],  # which peak: measured where, when, how
+        "palm_mfu": ruler["palm_mfu"],  # PaLM-style MFU against a datasheet peak; None where none is known (CPUs)
+        "palm_mfu_denominator": ruler["palm_mfu_denominator"],
         "precision": ruler["precision"],
         "precision_reason": ruler["precision_reason"],
         "channels_last": bool(getattr(config, "channels_last", False)),

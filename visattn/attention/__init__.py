@@ -16,8 +16,10 @@ Optional methods a block may define (found by duck typing; the task code never n
   ``visattn.tasks.monitors.BlockStatsMonitor``, which prints a warning line for a message (e.g. STN's
   degenerate sampling grid).
 
-Under mixed precision, compute sensitive parts with ``visattn.layers.precision.full_precision`` and cast
-the result back to the input's dtype.
+Under mixed precision, compute sensitive parts in float32 with the helpers of ``visattn.layers.precision``: a gate
+pools with ``mean_f32``/``amax_f32`` (float32 statistics without a float32 copy of the map), runs its layers under
+``gate_precision`` and multiplies with ``apply_gate``; a block that needs the whole map in float32 uses
+``full_precision`` and casts its result back to the input's dtype.
 """
 
 from __future__ import annotations

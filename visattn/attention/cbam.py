@@ -7,7 +7,8 @@ One deviation from the official code: the spatial gate's BatchNorm uses PyTorch'
 not 0.01. At 0.01 the running variance needs ~500 steps to forget its initial 1; after the 285 steps of
 a short run it was still ~0.057 while the batches showed ~0.0005, so in eval mode the maps spanned only
 0.46-0.56 (train mode: 0.05-0.99). The parameter count is unchanged. Gates are computed in float32
-under mixed precision (they act on pooled maps, so this is cheap) and the product is cast back.
+under mixed precision from pooled maps accumulated in float32 (visattn.layers.precision); the product is taken
+in the activation's dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.layers.gate import check_init, gate, zero_
-from visattn.layers.precision import full_precision
+from visattn.layers.precision import amax_f32, apply_gate, autocast_on, gate_precision, mean_f32
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
 
@@ -43,15 +44,16 @@ class ChannelGate(nn.Module):
             zero_(self.mlp[2])
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x) as x:
-            avg = self.mlp(x.mean((2, 3)))  # (B, C)
-            mx = self.mlp(x.amax((2, 3)))  # (B, C)
+        upcast = autocast_on(x)
+        with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, C) statistics
+            avg = self.mlp(mean_f32(x, (2, 3), upcast=upcast))  # (B, C)
+            mx = self.mlp(amax_f32(x, (2, 3), upcast=upcast))  # (B, C)
             return gate(avg + mx, self.init)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
         record(self, "channel", weights.flatten(1))
-        return (x * weights).to(x.dtype)
+        return apply_gate(x, weights)
 
 
 @ATTENTION.register("spatial_gate")
@@ -76,14 +78,16 @@ class SpatialGate(nn.Module):
             zero_(self.bn)
 
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x) as x:
-            pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        upcast = autocast_on(x)
+        with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, 2, H, W) maps
+            pooled = torch.cat([amax_f32(x, 1, keepdim=True, upcast=upcast),
+                                mean_f32(x, 1, keepdim=True, upcast=upcast)], dim=1)  # (B, 2, H, W)
             return gate(self.bn(self.conv(pooled)), self.init)  # (B, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.spatial_map(x)  # (B, 1, H, W)
         record(self, "spatial", weights[:, 0])
-        return (x * weights).to(x.dtype)
+        return apply_gate(x, weights)
 
 
 @ATTENTION.register("cbam")

@@ -9,7 +9,7 @@ from torch import nn
 
 from visattn.layers import require
 from visattn.layers.gate import check_init, gate, zero_
-from visattn.layers.precision import full_precision
+from visattn.layers.precision import apply_gate, autocast_on, gate_precision, mean_f32
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
 
@@ -50,13 +50,13 @@ class EfficientChannelAttention(nn.Module):
             zero_(self.conv)
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, 1, C)
-            squeezed = x.mean((2, 3)).view(batch, 1, -1)  # (B, 1, C)
+        batch, upcast = x.shape[0], autocast_on(x)
+        with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, 1, C) statistics
+            squeezed = mean_f32(x, (2, 3), upcast=upcast).view(batch, 1, -1)  # (B, 1, C)
             logits = self.conv(squeezed).view(batch, -1, 1, 1)  # (B, C, 1, 1)
             return gate(logits, self.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
         record(self, "channel", weights.flatten(1))
-        return (x * weights).to(x.dtype)
+        return apply_gate(x, weights)

@@ -121,8 +121,15 @@ class MultiHeadSelfAttention2d(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if self._capture is not None:
             record(self, "attn", attention_probs(q, k))  # (B, heads, N, N)
-        # SDPA stays under autocast: its fused CPU/CUDA kernels take the softmax in float32 for bf16 inputs
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # torch's fused CPU kernel is 2-8x slower forward + backward in bf16 than in float32 at these sizes
+            # (benchmarks/README.md, "attention tax"): attend in float32 (autocast off, or it would cast the
+            # inputs back to bf16), the projections stay in bf16
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout)
+            out = out.to(q.dtype)  # (B, heads, N, head_dim)
+        else:  # CUDA's fused bf16 kernels are the fast path there (their softmax is float32)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).reshape(batch, length, channels)  # (B, N, C)
         return self.proj(out)
 

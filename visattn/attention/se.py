@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers import make_divisible, require
 from visattn.layers.gate import check_init, gate, zero_
-from visattn.layers.precision import full_precision
+from visattn.layers.precision import apply_gate, autocast_on, gate_precision, mean_f32
 from visattn.layers.record import record
 from visattn.registry import ATTENTION
 
@@ -38,11 +39,19 @@ class SqueezeExcite(nn.Module):
             zero_(self.fc2)
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x) as x:  # the gate in float32 under mixed precision: cheap on the pooled (B, C, 1, 1)
-            squeezed = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-            return gate(self.fc2(self.act(self.fc1(squeezed))), self.init)  # (B, C, 1, 1)
+        upcast = autocast_on(x)
+        with gate_precision(x):  # the gate in float32 under mixed precision, on the pooled (B, C) statistics
+            if not upcast:  # fp32 (and bf16-weight) models: the published form, bit for bit timm's SEModule
+                squeezed = mean_f32(x, (2, 3), keepdim=True, upcast=False)  # (B, C, 1, 1)
+                return gate(self.fc2(self.act(self.fc1(squeezed))), self.init)
+            # under mixed precision the 1x1 convs of the 1x1 map run as the matrix products they are: there a
+            # convolution kernel call costs ~10x a linear one (benchmarks/README.md, "attention tax")
+            squeezed = mean_f32(x, (2, 3), upcast=True)  # (B, C) float32
+            hidden = self.act(F.linear(squeezed, self.fc1.weight.flatten(1), self.fc1.bias))  # (B, C/r)
+            logits = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias)  # (B, C)
+            return gate(logits, self.init)[:, :, None, None]  # (B, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.channel_weights(x)  # (B, C, 1, 1)
         record(self, "channel", weights.flatten(1))
-        return (x * weights).to(x.dtype)
+        return apply_gate(x, weights)

@@ -42,6 +42,13 @@ class SpatialTransformer(nn.Module):
     AdamW step moves every theta entry by about the learning rate); set it from the config with
     ``attn: {block: stn, at: input, args: {loc_lr_scale: 1.0}}``.
 
+    ``loc_size`` (default None: the localisation net sees the full-resolution input, as before) average-pools
+    the localisation net's input to at most ``loc_size`` x ``loc_size`` first; the resampling still reads the full
+    input. The localisation net is most of the block's FLOPs (its first conv runs at the input's resolution), and
+    predicting six numbers needs no fine detail: the STN paper's localisation nets are small networks too. With
+    ``loc_size: 32`` on the flagship's 64 px input the net's first conv costs a quarter (benchmarks/README.md,
+    "attention tax"); it is an option because it changes what the block computes.
+
     While training, the block averages statistics of theta over the batches it sees; :meth:`epoch_stats`
     returns and resets them (logged per epoch by ``visattn.tasks.monitors.BlockStatsMonitor``), and
     :meth:`stats_warning` names a degenerate grid.
@@ -58,6 +65,7 @@ class SpatialTransformer(nn.Module):
         transform: str = "affine",
         padding_mode: str = "border",
         loc_lr_scale: float = 0.1,
+        loc_size: int | None = None,
         init: str = "paper",
     ) -> None:
         super().__init__()
@@ -70,6 +78,9 @@ class SpatialTransformer(nn.Module):
         require(isinstance(loc_lr_scale, (int, float)) and not isinstance(loc_lr_scale, bool)
                 and math.isfinite(loc_lr_scale) and loc_lr_scale >= 0, "stn", "loc_lr_scale",
                 "a number >= 0 (0 freezes the localisation net)", loc_lr_scale)
+        require(loc_size is None or (isinstance(loc_size, int) and not isinstance(loc_size, bool) and loc_size >= 1),
+                "stn", "loc_size", "None (full resolution) or an int >= 1", loc_size)
+        self.loc_size = loc_size
         self.transform = transform
         self.padding_mode = padding_mode
         self.loc_lr_scale = float(loc_lr_scale)
@@ -114,7 +125,11 @@ class SpatialTransformer(nn.Module):
         # all in float32 under mixed precision: a bf16 theta (8-bit mantissa) moves the grid by ~1/256 of
         # the image per unit, about a pixel at 224 px, and the localisation net is cheap next to the backbone
         with full_precision(x) as x32:
-            theta = self.theta(x32)
+            loc_input = x32
+            if self.loc_size is not None and max(x.shape[-2:]) > self.loc_size:  # (B, C, <= loc_size, <= loc_size)
+                loc_input = F.adaptive_avg_pool2d(x32, (min(x.shape[-2], self.loc_size),
+                                                        min(x.shape[-1], self.loc_size)))
+            theta = self.theta(loc_input)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
             out = F.grid_sample(x32, grid, mode="bilinear", padding_mode=self.padding_mode,
                                 align_corners=False)

@@ -8,9 +8,15 @@ raises ``DataError`` (a ``VisattnError`` and a ``ValueError``).
 
 from __future__ import annotations
 
-from visattn.errors import DataError
-from visattn.lazy import lazy_face
-from visattn.registry import DATASETS
+import os
+
+# albumentations asks pypi.org for its newest version on import (and waits up to its timeout offline): visattn
+# never goes online at run time. Set before any albumentations import, which all live below this package.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from visattn.errors import DataError  # noqa: E402
+from visattn.lazy import lazy_face  # noqa: E402
+from visattn.registry import DATASETS  # noqa: E402
 
 # One line per data set file: the names it registers (listed without importing the file; see visattn.registry).
 DATASETS.declare("visattn.data.cifar", "cifar")

@@ -133,8 +133,30 @@ def _error_from_log(log: Path, returncode: int) -> str:
     return f"worker process {how}" + (f"; last output: {tail[:300]}" if tail else "")
 
 
-def run_one(*, run_id: str, values: dict[str, Any], sweep_dir: str, threads: int) -> Outcome:
-    """Train one grid point in a process of its own; returns its outcome (never raises for a failed run)."""
+def run_peaks(values: Sequence[dict[str, Any]], *, threads: int) -> list[dict[str, Any]]:
+    """The CPU matmul peaks the runs will be divided by (visattn.perf), one per dtype their precisions compute in,
+    taken from the cache or measured now, at the runs' thread count: called before any run starts, so no peak
+    is measured while another run trains. Runs on a GPU measure their own (a GPU's peak is not disturbed by a
+    neighbour's CPU work); a run whose hardware key differs (another Ray node) ignores these and measures."""
+    import torch
+
+    from visattn.perf import peaks_for_runs, precision_dtype, resolve_precision
+
+    dtypes = set()
+    for run in values:
+        accelerator = str(run.get("accelerator", "auto"))
+        if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+            continue
+        precision, _ = resolve_precision(str(run.get("precision", "auto")), accelerator="cpu")
+        dtype = precision_dtype(precision)
+        dtypes.add("fp32" if dtype == "fp16" else dtype)  # fp16 autocast on CPU is divided by the fp32 peak
+    return peaks_for_runs(sorted(dtypes), threads=threads) if dtypes else []
+
+
+def run_one(*, run_id: str, values: dict[str, Any], sweep_dir: str, threads: int,
+            peaks: list[dict[str, Any]] | None = None) -> Outcome:
+    """Train one grid point in a process of its own; returns its outcome (never raises for a failed run).
+    ``peaks``: matmul peaks measured before the sweep started (:func:`run_peaks`), handed to the run."""
     sweep = Path(sweep_dir)
     log = sweep / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +165,7 @@ def run_one(*, run_id: str, values: dict[str, Any], sweep_dir: str, threads: int
         handle.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {run_id} on {os.uname().nodename}, "
                      f"resume={config['resume']}, threads={threads}\n")
     start = time.perf_counter()
-    process = context().Process(target=child_main, args=(config, str(log), threads, os.getpid()),
+    process = context().Process(target=child_main, args=(config, str(log), threads, os.getpid(), peaks or []),
                                 name=f"sweep-{run_id}")
     process.start()
     process.join()
@@ -159,11 +181,12 @@ Task = tuple[str, dict[str, Any]]  # (run_id, TrainConfig values)
 
 
 def run_local(tasks: Sequence[Task], *, sweep_dir: Path, workers: int, threads: int | None,
-              on_done: Callable[[Outcome], None]) -> None:
+              on_done: Callable[[Outcome], None], peaks: list[dict[str, Any]] | None = None) -> None:
     """``workers`` runs at a time on this machine, each with ``threads`` torch threads (default cores // workers)."""
     threads = threads or max(1, cpu_count() // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_one, run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads)
+        futures = [pool.submit(run_one, run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads,
+                               peaks=peaks)
                    for run_id, values in tasks]
         try:
             for future in as_completed(futures):
@@ -208,7 +231,8 @@ def ray_slots(cpus_per_run: float, gpus_per_run: float) -> int:
 
 
 def run_ray(tasks: Sequence[Task], *, sweep_dir: Path, cpus_per_run: float, gpus_per_run: float,
-            threads: int | None, on_done: Callable[[Outcome], None]) -> None:
+            threads: int | None, on_done: Callable[[Outcome], None],
+            peaks: list[dict[str, Any]] | None = None) -> None:
     """Each run is a Ray task holding ``cpus_per_run``/``gpus_per_run``; Ray places them on the cluster's nodes.
 
     ``threads``: torch threads of each run (default: ``cpus_per_run``). Runs write to ``sweep_dir`` on whichever
@@ -219,7 +243,8 @@ def run_ray(tasks: Sequence[Task], *, sweep_dir: Path, cpus_per_run: float, gpus
 
     threads = threads or max(1, int(cpus_per_run))
     remote = ray.remote(run_one).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
-    pending = {remote.remote(run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads): run_id
+    pending = {remote.remote(run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads,
+                             peaks=peaks): run_id
                for run_id, values in tasks}
     try:
         while pending:

@@ -11,8 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from visattn.sweep.report import ConfigSummary, RunResult, metric_scale, val_curve
-from visattn.sweep.stats import is_bounded, val_key
+from visattn.sweep.report import ConfigSummary, RunResult, best_at_end, lr_curve, metric_scale, val_curve
+from visattn.sweep.stats import higher_is_better, is_bounded, val_key
 
 FILES = ("metric_vs_macs.png", "metric_per_block.png", "curves.png")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -191,36 +191,55 @@ def metric_per_block(rows: list[ConfigSummary], path: Path, metric: str) -> None
 
 
 def curves(results: list[RunResult], sweep_dir: Path, path: Path, metric: str) -> None:
-    """Validation metric per epoch: thin lines per seed (dashed when collapsed), a thick line for the mean."""
+    """Validation metric per epoch: thin lines per seed (dashed when collapsed) with a dot at each seed's best
+    epoch, a thick line for the mean, and the learning rate (fraction of its peak) on a second axis, since a
+    decaying schedule alone flattens the last epochs."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     key = val_key(metric)
+    higher = higher_is_better(metric)
     fig, ax = plt.subplots(figsize=(8, 5))
     per_config: dict[str, list[tuple[dict[int, float], bool]]] = defaultdict(list)
+    schedule: list[float] = []
     for r in results:
         if r.status != "ok":
             continue
         series = val_curve(sweep_dir, r.plan.run_id, key)
         if series:
             per_config[r.plan.config].append((series, r.collapsed))
+            schedule = schedule or lr_curve(sweep_dir, r.plan.run_id)
     any_collapsed = False
+    handles: list[Any] = []
     for i, (config, runs) in enumerate(per_config.items()):
         colour = f"C{i % 10}"
         for series, collapsed in runs:
             any_collapsed |= collapsed
             ax.plot(list(series), list(series.values()), color=colour, alpha=0.35, linewidth=1,
                     linestyle="--" if collapsed else "-")
+            best = (max if higher else min)(series, key=lambda e: (series[e], e))  # the later epoch on a tie
+            ax.plot(best, series[best], "o", color=colour, markersize=3.5, alpha=0.8)
         epochs = sorted(set.intersection(*(set(s) for s, _ in runs)))
-        ax.plot(epochs, [statistics.fmean(s[e] for s, _ in runs) for e in epochs], color=colour, linewidth=2,
-                label=config)
+        at_end = sum(best_at_end(s, higher=higher) for s, collapsed in runs if not collapsed)
+        trained = sum(not collapsed for _, collapsed in runs)
+        handles += ax.plot(epochs, [statistics.fmean(s[e] for s, _ in runs) for e in epochs], color=colour,
+                           linewidth=2, label=f"{config} (best at the end: {at_end} of {trained})")
     ax.set_xlabel("epochs trained")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(key)
-    ax.set_title(f"{key} per epoch (thin: seeds{', dashed: collapsed' if any_collapsed else ''}; thick: mean)")
+    dashed = ", dashed: collapsed" if any_collapsed else ""
+    ax.set_title(f"{key} per epoch (thin: seeds, dot: a seed's best epoch{dashed}; thick: mean)", fontsize=10)
     ax.grid(alpha=0.3)
+    if schedule:
+        lr_ax = ax.twinx()
+        # the rate at the start of epoch i (0-based) applies from i to i + 1 epochs trained
+        lr_ax.plot(range(len(schedule)), schedule, color="0.5", linestyle=":", linewidth=1.5)
+        lr_ax.set_ylim(0, 1.05)
+        lr_ax.set_ylabel("learning rate at the epoch's start / peak", color="0.4")
+        handles.append(Line2D([], [], color="0.5", linestyle=":", label="learning rate / peak (right axis)"))
     if per_config:
-        ax.legend(fontsize=8)
+        ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

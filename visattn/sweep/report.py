@@ -27,9 +27,12 @@ from visattn.sweep.stats import (
     Comparison,
     collapse_reason,
     compare,
+    higher_is_better,
     holm,
+    holm_detectable,
     is_bounded,
     metric_leaf,
+    resolution_of,
     val_key,
     verdict,
     wilson,
@@ -215,14 +218,17 @@ def summarize(results: list[RunResult], latency: dict[str, float], *, metric: st
         if row.config == row.baseline:
             continue
         if base is not None and row.trained and base.trained:
-            row.comparison = compare(row.trained, base.trained)
+            sizes = [r.test_size for r in row.runs + base.runs if not r.collapsed]
+            row.comparison = compare(row.trained, base.trained, resolution=resolution_of(metric, sizes))
     families: dict[str, list[ConfigSummary]] = {}
     for row in rows.values():
         if row.comparison is not None:
             families.setdefault(str(row.baseline), []).append(row)
     for family in families.values():
+        tested = sum(r.comparison.p is not None for r in family)  # Holm's m
         for row, p_adj in zip(family, holm([r.comparison.p for r in family]), strict=True):
             row.comparison.p_adj = p_adj
+            holm_detectable(row.comparison, tested)
     scale = metric_scale(metric)[0]
     for row in rows.values():
         row.verdict = _verdict(row, rows.get(row.baseline) if row.baseline else None, metric=metric, scale=scale)
@@ -340,7 +346,9 @@ def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
         if r.comparison is not None and r.comparison.p is not None:
             families[str(r.baseline)] = families.get(str(r.baseline), 0) + 1
     tests = sorted({r.comparison.test for r in rows if r.comparison is not None})
-    mdds = [r.comparison.mdd for r in rows if r.comparison is not None]
+    mdds = [r.comparison.mdd if r.comparison.mdd_holm is None else r.comparison.mdd_holm
+            for r in rows if r.comparison is not None]
+    levels = ", ".join(f"alpha = {ALPHA} / {m} = {ALPHA / m:.2g} against `{b}`" for b, m in families.items())
     lines = [
         "**Verdicts.** Each configuration is compared with the `none` baseline of its backbone (references: with "
         "the first backbone's). Runs with the same seed see the same data order and augmentation, so wherever "
@@ -351,9 +359,14 @@ def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
         f"baseline ({', '.join(f'{m} against `{b}`' for b, m in families.items()) or 'no comparison yet'}). "
         f"\"better\" / \"worse\" only when the adjusted p < {ALPHA}. Otherwise \"inconclusive\", with the "
         f"**minimum detectable difference**: the true difference a test of these seeds would find with "
-        f"{POWER:.0%} power at alpha = {ALPHA} (two-sided, before the adjustment; noncentral t from the observed "
-        "sd of the paired differences, or the pooled sd for Welch). Inconclusive is not \"no effect\": differences "
-        "smaller than that number are invisible to this table.",
+        f"{POWER:.0%} power at the level the adjusted verdict needs, alpha / m for m comparisons against the same "
+        f"baseline ({levels or f'alpha = {ALPHA}'}). Holm calls any comparison whose raw p is below alpha / m, "
+        "whatever the others give, so a true difference of that size is called with at least that power (two-sided; "
+        "noncentral t from the observed sd of the paired differences, or from Welch's standard error with the "
+        "Welch–Satterthwaite degrees of freedom). Inconclusive is not \"no effect\": differences smaller than that "
+        "number are invisible to this table. A configuration whose seeds all moved by the same amount, equal at the "
+        "metric's resolution (1 / test images for an accuracy; otherwise 1e-5 of the value: float32 rounding), has "
+        "no seed variance and so no p-value; its verdict says so.",
     ]
     if mdds:
         lines[-1] += (f" Here it ranges from {scale * min(mdds):.2f} to {scale * max(mdds):.2f}"
@@ -362,7 +375,9 @@ def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
         "",
         "**Collapsed runs** (✗, `collapsed` and `collapse_reason` in results.csv): a non-finite metric or loss, an "
         f"accuracy at or near chance (less than {NEAR_CHANCE:.0%} of the way from chance to 100 %), or a "
-        "validation metric that never rose above its first epoch's value (3+ epochs). They are shown per seed and "
+        "validation metric that never rose above its first epoch's value (3+ epochs) and stayed that low (near "
+        f"chance; a metric such as mAP: below {NEAR_CHANCE:.0%}). A run at its best from the first epoch at a good "
+        "value, as a fine-tuned network can be, did not collapse. Collapsed runs are shown per seed and "
         "counted in the median and mean ± std (that is what the configuration gave), but left out of the test, "
         "which assumes ordinary seed noise; the verdict then starts with \"k of n seeds collapsed\" (a pair "
         "with a collapsed side is dropped).",
@@ -378,6 +393,8 @@ def statistics_note(rows: list[ConfigSummary], metric: str) -> list[str]:
 # A mean val metric that moved by more than this over the last two epochs (points of %; % of its value for
 # unbounded metrics) was still moving when training stopped.
 FLAT_POINTS = 1.0
+# A learning rate at the last epoch's start at most this fraction of its peak: the schedule alone flattens the curve.
+SMALL_LR = 0.1
 
 
 def val_curve(sweep_dir: Path, run_id: str, key: str) -> dict[int, float]:
@@ -391,18 +408,43 @@ def val_curve(sweep_dir: Path, run_id: str, key: str) -> dict[int, float]:
     return series
 
 
+def lr_curve(sweep_dir: Path, run_id: str) -> list[float]:
+    """A run's learning rate at the start of each epoch as a fraction of its peak, from the ``lr-*`` column that
+    Lightning's LearningRateMonitor logs once per epoch (the first parameter group's); [] when none was logged."""
+    from visattn.train import read_metrics_csv
+
+    rows = read_metrics_csv(run_dir_of(sweep_dir, run_id))
+    column = next((k for row in rows for k in row if k and k.startswith("lr-")), None)
+    lrs = [float(row[column]) for row in rows if column and row.get(column) not in (None, "")]
+    return [lr / max(lrs) for lr in lrs] if lrs and max(lrs) > 0 else []
+
+
+def lr_at_last_epoch(sweep_dir: Path, run_ids: list[str]) -> float | None:
+    """Median over runs of the learning rate at the start of the last epoch as a fraction of its peak."""
+    fractions = [curve[-1] for curve in (lr_curve(sweep_dir, run_id) for run_id in run_ids) if curve]
+    return statistics.median(fractions) if fractions else None
+
+
+def best_at_end(curve: dict[int, float], *, higher: bool) -> bool:
+    """The run's best validation value is at its last epoch (a tie with an earlier epoch counts)."""
+    last = curve[max(curve)]
+    return last >= max(curve.values()) if higher else last <= min(curve.values())
+
+
 def convergence_rows(results: list[RunResult], sweep_dir: Path, metric: str) -> tuple[list[str], list[list[str]]]:
-    """Per configuration, the mean validation metric of its non-collapsed seeds at the last three epochs, and
-    whether it was flat over the last two: a configuration still rising when training stopped is under-trained,
-    and its test metric says what this budget gives, not what the block can give."""
+    """Per configuration, the mean validation metric of its non-collapsed seeds at the last three epochs, whether
+    it was flat over the last two (a configuration still improving when training stopped is under-trained, and its
+    test metric says what this budget gives, not what the block can give), and how many seeds had their best
+    validation value at the last epoch (best: highest, or lowest for a loss)."""
     key = val_key(metric)
+    higher = higher_is_better(metric)
     scale, unit = metric_scale(metric)
     per_config: dict[str, list[dict[int, float]]] = {}
     for r in results:
         if r.status == "ok" and not r.collapsed:
             per_config.setdefault(r.plan.config, []).append(val_curve(sweep_dir, r.plan.run_id, key))
     header = ["configuration", "seeds", "epochs", f"{key}{unit} (last three epochs)", "change over the last two",
-              "trained?"]
+              "trained?", "best val at the last epoch"]
     cells = []
     for config, curves in per_config.items():
         epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -411,10 +453,34 @@ def convergence_rows(results: list[RunResult], sweep_dir: Path, metric: str) -> 
         means = [statistics.fmean(c[e] for c in curves) * scale for e in epochs[-3:]]
         change = means[-1] - means[0]
         limit = FLAT_POINTS if scale == 100.0 else abs(means[-1]) * FLAT_POINTS / 100
-        state = "flat" if abs(change) <= limit else "still rising" if change > 0 else "falling"
+        improving = change > 0 if higher else change < 0
+        moving = ("still rising", "falling") if higher else ("still falling", "rising")
+        state = "flat" if abs(change) <= limit else moving[0] if improving else moving[1]
+        at_end = sum(best_at_end(c, higher=higher) for c in curves)
         cells.append([config, str(len(curves)), str(epochs[-1]), " / ".join(f"{m:.2f}" for m in means),
-                      f"{change:+.2f}", state])
+                      f"{change:+.2f}", state, f"{at_end} of {len(curves)}"])
     return header, cells
+
+
+def convergence_note(results: list[RunResult], sweep_dir: Path, metric: str) -> str:
+    """The "Trained to the end?" section's text: what the table shows and what it cannot show."""
+    limit = f"{FLAT_POINTS:g} point" if metric_scale(metric)[0] == 100.0 else f"{FLAT_POINTS:g} %"
+    direction = "rising" if higher_is_better(metric) else "falling (lower is better)"
+    fraction = lr_at_last_epoch(sweep_dir, [r.plan.run_id for r in results if r.status == "ok" and not r.collapsed])
+    schedule = ("the learning rate decays" if fraction is None else
+                f"the learning rate at the start of the last epoch is {100 * fraction:.2g} % of its peak (median "
+                "over runs of the `lr-*` column in each run's logs/metrics.csv)")
+    small = fraction is None or fraction <= SMALL_LR
+    return (f"Mean `{val_key(metric)}` over the seeds that did not collapse at the last three epochs. \"flat\": it "
+            f"moved by at most {limit} over the last two epochs; a configuration still {direction} when training "
+            "stopped is under-trained at this budget, so its test metric says what the budget gives, not what the "
+            "block can give. `best val at the last epoch` counts the seeds whose best validation value came at "
+            "their last epoch (ties count). What this can and cannot show: under this sweep's schedule "
+            f"{schedule}, so the last epochs take {'small' if small else 'smaller'} steps and a flat mean curve is "
+            f"{'largely' if small else 'partly'} built in by the schedule, not a sign of convergence; seeds that "
+            "are best at the last epoch were still improving when the learning rate ran out (many of them point to "
+            "a budget that is too short), but few of them do not show that more epochs would not help: only a "
+            "longer run can show that.")
 
 
 def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: Path, *, name: str, metric: str,
@@ -449,12 +515,8 @@ def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: 
                     for k, note in enumerate(ort_footnotes(rows), start=1)), ""]
     header, cells = convergence_rows(results, path.parent, metric)  # summary.md sits in the sweep directory
     if cells:
-        limit = f"{FLAT_POINTS:g} point" if metric_scale(metric)[0] == 100.0 else f"{FLAT_POINTS:g} %"
-        lines += ["## Trained to the end?", "",
-                  f"Mean `{val_key(metric)}` over the seeds that did not collapse at the last three epochs. \"flat\": "
-                  f"it moved by at most {limit} over the last two epochs; a configuration still rising when training "
-                  "stopped is under-trained at this budget, so its test metric says what the budget gives, not what "
-                  "the block can give.", "", *_markdown(header, cells), ""]
+        lines += ["## Trained to the end?", "", convergence_note(results, path.parent, metric), "",
+                  *_markdown(header, cells), ""]
     if collapsed:
         lines += ["## Collapsed runs", "", *(f"- `{r.plan.run_id}`: {r.collapse_reason}" for r in collapsed), ""]
     failed = [r for r in results if r.status == "failed"]

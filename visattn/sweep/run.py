@@ -26,6 +26,7 @@ from visattn.sweep.execute import (
     run_dir_of,
     run_error,
     run_local,
+    run_peaks,
     run_ray,
     start_ray,
     write_status,
@@ -281,11 +282,20 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
 
             tasks = [(p.run_id, p.values) for p in pending]
             claim.started = True
+            run_threads = (threads_per_run or max(1, int(cpus_per_run)) if executor == "ray"
+                           else threads_per_run or max(1, cpu_count() // workers))
+            peaks = run_peaks([p.values for p in pending], threads=run_threads) if pending else []
+            for peak in peaks:
+                say(f"sweep {sweep_dir}: every run is divided by the {peak['dtype']} matmul peak "
+                    f"{peak['flops'] / 1e9:.0f} GFLOP/s at {peak['threads']} thread(s) "
+                    f"({'measured now' if peak['source'] == 'measured' else 'cached, ' + str(peak['measured_at'])}; "
+                    "profile --remeasure-peak on a quiet machine replaces it)", flush=True)
             if executor == "ray" and pending:
                 run_ray(tasks, sweep_dir=sweep_dir, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
-                        threads=threads_per_run, on_done=on_done)
+                        threads=threads_per_run, on_done=on_done, peaks=peaks)
             elif pending:
-                run_local(tasks, sweep_dir=sweep_dir, workers=workers, threads=threads_per_run, on_done=on_done)
+                run_local(tasks, sweep_dir=sweep_dir, workers=workers, threads=threads_per_run, on_done=on_done,
+                          peaks=peaks)
         finally:
             if started_ray:
                 import ray

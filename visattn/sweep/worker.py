@@ -62,8 +62,10 @@ def die_with(pid: int) -> None:
     threading.Thread(target=watch, name="sweep-watchdog", daemon=True).start()
 
 
-def child_main(values: dict[str, Any], log_path: str, threads: int, launcher: int) -> None:
-    """Body of a run process: output to ``log_path``, ``threads`` torch threads, then train."""
+def child_main(values: dict[str, Any], log_path: str, threads: int, launcher: int,
+               peaks: list[dict[str, Any]] | None = None) -> None:
+    """Body of a run process: output to ``log_path``, ``threads`` torch threads, the sweep's matmul ``peaks``
+    (measured before any run started; visattn.perf.use_peaks), then train."""
     die_with(launcher)
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 1)
@@ -75,8 +77,10 @@ def child_main(values: dict[str, Any], log_path: str, threads: int, launcher: in
     torch.set_num_threads(threads)
     from visattn.cli import error_text
     from visattn.config import make_config
+    from visattn.perf import use_peaks
     from visattn.train import train
 
+    use_peaks(peaks)
     code = 0
     try:
         train(make_config({}, values, source="sweep run"))

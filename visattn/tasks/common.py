@@ -142,8 +142,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ThroughputMonitor(L.Callback):
     """Per epoch: training images/s, the share of step time spent waiting for data, and the ruler (visattn.perf):
-    achieved training GFLOP/s (3 x forward FLOPs per image) and MFU against the machine's cached matmul peak for
-    the run's dtype.
+    achieved training GFLOP/s (3 x forward FLOPs per image), its share of the matmul peak measured on this machine
+    for the run's dtype (``matmul_peak_share``) and, on GPUs with a known datasheet peak, PaLM-style ``palm_mfu``.
 
     Time runs from the epoch's start to the end of its last training batch, so validation (which Lightning runs
     before ``on_train_epoch_end``) is not counted as training time.
@@ -154,6 +154,8 @@ class ThroughputMonitor(L.Callback):
         self.precision_reason = precision_reason  # why the run's precision was chosen (``precision: auto``)
         self.precision = ""
         self.peak: dict[str, Any] | None = None
+        self.dtype = "fp32"
+        self.device = "cpu"
         self.reset()
 
     def reset(self) -> None:
@@ -167,6 +169,7 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.precision = str(trainer.precision)
+        self.device = str(pl_module.device)
         for logger in trainer.loggers:  # logs/hparams.yaml and TensorBoard: what "auto" became, and why
             logger.log_hyperparams({"precision": self.precision, "precision_reason": self.precision_reason})
         if self.measure_peak and self.peak is None and trainer.is_global_zero:
@@ -176,6 +179,7 @@ class ThroughputMonitor(L.Callback):
             if pl_module.device.type == "cpu" and dtype == "fp16":
                 dtype = "fp32"  # fp16 autocast on CPU: no fp16 matmul peak worth comparing with
             self.peak = matmul_peak(dtype, device=pl_module.device)
+            self.dtype = dtype
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.wait, self.busy = 0, 0.0, 0.0
@@ -194,7 +198,7 @@ class ThroughputMonitor(L.Callback):
         self.images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from visattn.perf import achieved_flops, mfu
+        from visattn.perf import achieved_flops, mfu, palm_mfu
 
         elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
         macs = getattr(pl_module, "complexity", {}).get("macs") or 0
@@ -207,23 +211,34 @@ class ThroughputMonitor(L.Callback):
             "epoch_train_s": elapsed,
         }
         if share is not None:
-            stats["mfu"] = share
+            stats["matmul_peak_share"] = share
+            palm = palm_mfu(flops, self.dtype, pl_module.device)
+            if palm is not None:
+                stats["palm_mfu"] = palm
         self.history.append(stats)
         for key, value in stats.items():
-            # only rank 0 knows the peak (it measures it): MFU is rank 0's, logged without a collective
-            if key == "mfu":
-                pl_module.log("train/mfu", value, rank_zero_only=True)
+            # only rank 0 knows the peak (it measures it): the shares are rank 0's, logged without a collective
+            if key in ("matmul_peak_share", "palm_mfu"):
+                pl_module.log(f"train/{key}", value, rank_zero_only=True)
             else:
                 pl_module.log(f"train/{key}", value, sync_dist=True)
 
     def summary(self) -> dict[str, Any]:
-        """Means over the epochs run (what metrics.json reports), and the peak they were measured against."""
+        """Means over the epochs run (what metrics.json reports), and the peaks they were measured against, with a
+        phrase naming each denominator."""
+        from visattn.perf import describe_peak, theoretical_peak
+
         out: dict[str, Any] = {}
-        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "mfu"):
+        for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "matmul_peak_share", "palm_mfu"):
             values = [h[key] for h in self.history if key in h]
             out[key] = sum(values) / len(values) if values else None
         out["peak_gflops_s"] = self.peak["flops"] / 1e9 if self.peak else None
         out["peak_dtype"] = self.peak["dtype"] if self.peak else None
+        out["peak_denominator"] = describe_peak(self.peak)
+        theoretical = theoretical_peak(self.dtype, self.device) if self.peak else None
+        out["palm_mfu_denominator"] = (None if theoretical is None else
+                                       f"datasheet dense {self.dtype} peak of {theoretical[1]}, "
+                                       f"{theoretical[0] / 1e12:g} TFLOP/s")
         out["precision"] = self.precision or None
         out["precision_reason"] = self.precision_reason or None
         return out
@@ -247,11 +262,11 @@ class EpochSummary(L.Callback):
 
         stats = self.throughput.history[-1] if self.throughput and self.throughput.history else {}
         metric = self.monitor.split("/", 1)[-1]
-        mfu = f"{100 * stats['mfu']:5.1f}%" if "mfu" in stats else "     -"
+        share = f"{100 * stats['matmul_peak_share']:5.1f}%" if "matmul_peak_share" in stats else "     -"
         return (f"epoch {trainer.current_epoch + 1:>{width}}/{trainer.max_epochs}  "
                 f"loss {value('train/loss_epoch', '7.4f'):>7}  {metric} {value(self.monitor, '6.4f'):>6}  "
                 f"{stats.get('throughput_img_s', 0):7.1f} img/s  {stats.get('train_gflops_s', 0):6.1f} GFLOP/s  "
-                f"MFU {mfu}  {stats.get('epoch_train_s', 0):6.1f}s")
+                f"{share} of mm peak  {stats.get('epoch_train_s', 0):6.1f}s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
