@@ -28,7 +28,8 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_dm(cache_dir: Path, **overrides) -> DetectionDataModule:
-    args = dict(name="shapes", cache_dir=str(cache_dir), batch_size=4, num_workers=0, **SMALL)
+    args = dict(name="shapes", batch_size=4, num_workers=0,
+                dataset_options={"cache_dir": str(cache_dir), **SMALL})
     args.update(overrides)
     return DetectionDataModule(**args)
 
@@ -297,7 +298,7 @@ def test_bad_options_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="mosaic"):
         DetectionDataModule(name="shapes", augment={"mosaic": 2})
     with pytest.raises(DataError, match=r"data set 'coco' does not use num_train"):
-        DetectionDataModule(name="coco", data_dir=str(tmp_path), num_train=10)
+        DetectionDataModule(name="coco", data_dir=str(tmp_path), dataset_options={"num_train": 10})
     with pytest.raises(DataError, match="batch_size"):
         DetectionDataModule(name="shapes", batch_size=0)
     with pytest.raises(DataError, match=r"unknown split 'tran'.*Did you mean 'train'"):

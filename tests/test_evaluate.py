@@ -14,7 +14,8 @@ from visattn.config import make_config
 from visattn.evaluate import evaluate_run
 from visattn.export import export_run, load_run
 from visattn.predict import predict_folder, preprocess_files
-from visattn.train import build_datamodule, train
+from visattn.tasks.factory import build_datamodule
+from visattn.train import train
 
 SIZES = [(97, 61), (40, 150), (200, 131), (33, 33)]  # odd shapes and > 2 x img_size: resize and JPEG draft matter
 

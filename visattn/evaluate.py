@@ -118,7 +118,8 @@ def evaluate_run(
     carried over); it must have the run's number of classes.
     """
     from visattn.cli import quiet_lightning
-    from visattn.train import build_datamodule, write_json_atomic
+    from visattn.tasks.factory import build_datamodule, build_module
+    from visattn.train import write_json_atomic
     from visattn.viz.run import read_run_config
 
     if split not in SPLITS:
@@ -146,18 +147,13 @@ def evaluate_run(
                          f"{spec.num_classes}; evaluate on a data set with the run's classes")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     callbacks: list[L.Callback] = []
+    module = build_module(config, model, num_classes=spec.num_classes, in_chans=spec.in_chans, evaluation=True)
     if spec.task == "detect":
-        from visattn.tasks.detect import DetectionModule, coco_backend
+        from visattn.tasks.detect import coco_backend
 
-        module: L.LightningModule = DetectionModule(model, num_classes=spec.num_classes, img_size=spec.img_size,
-                                                    ema=False)  # the checkpoint's weights are the averaged ones
         module.test_map = KeepingMeanAP(box_format="xyxy", iou_type="bbox", backend=coco_backend(),
                                         class_metrics=True)
     else:
-        from visattn.tasks.classify import ClassificationModule
-
-        module = ClassificationModule(model, num_classes=spec.num_classes, img_size=spec.img_size,
-                                      in_chans=spec.in_chans, label_smoothing=config.label_smoothing)
         confusion = ConfusionCallback(spec.num_classes)
         callbacks.append(confusion)
     from visattn.perf import resolve_precision

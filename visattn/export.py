@@ -18,7 +18,6 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,8 @@ import torch
 import yaml
 from torch import nn
 
-from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
 from visattn.errors import ExportError
-from visattn.models.build import build_model
+from visattn.models.spec import ModelSpec
 from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
 
@@ -40,47 +38,6 @@ FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on
 # Detections may differ where two overlapping boxes of one class score within float noise of each other (NMS
 # keeps either); below this share of matched boxes the export fails.
 MIN_BOX_AGREEMENT = 0.95
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model without the training code (saved as ``model.json``)."""
-
-    task: str
-    backbone: str
-    attn: Any
-    num_classes: int
-    in_chans: int
-    img_size: int
-    backbone_args: dict[str, Any]
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
-    neck: str | None = None  # detection only, as the rest below
-    scale: str | None = None
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.6
-    max_det: int = 100
-    attn_init: str = "paper"  # how the blocks were started; "identity" changes their gate (visattn.layers.gate)
-
-    def build(self) -> nn.Module:
-        if self.task == "detect":
-            from visattn.models.detector import build_detector
-
-            return build_detector(self.backbone, attn=self.attn, num_classes=self.num_classes,
-                                  neck=self.neck or "pan", scale=self.scale or "n", img_size=self.img_size,
-                                  backbone_args=self.backbone_args, attn_init=self.attn_init)
-        if self.task != "classify":
-            raise ExportError(f"unknown task {self.task!r} in the model spec; valid tasks: classify, detect")
-        return build_model(self.backbone, attn=self.attn, num_classes=self.num_classes, in_chans=self.in_chans,
-                           img_size=self.img_size, backbone_args=self.backbone_args, attn_init=self.attn_init)
-
-    def class_weight_key(self) -> str:
-        """The state-dict key whose first dimension is the number of classes."""
-        probe = ModelSpec(**{**self.__dict__, "num_classes": 1}).build()
-        if self.task == "detect":
-            return f"head.cls_branches.0.{len(probe.head.cls_branches[0]) - 1}.weight"
-        return f"{probe.classifier_name}.weight"
 
 
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
@@ -114,19 +71,12 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Modul
     state = read_state_dict(find_checkpoint(run_dir, checkpoint))
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    augment = config.get("augment") or {}
-    task = config.get("task", "classify")
-    spec = ModelSpec(
-        task=task, backbone=config["backbone"], attn=config.get("attn"),
-        num_classes=0, in_chans=3, img_size=int(config["img_size"]), backbone_args=config.get("backbone_args") or {},
-        class_names=list(metrics.get("class_names") or []), mean=list(augment.get("mean", IMAGENET_MEAN)),
-        std=list(augment.get("std", IMAGENET_STD)),
-        neck=config.get("neck") if task == "detect" else None, scale=config.get("scale") if task == "detect" else None,
-        attn_init=config.get("attn_init") or "paper",  # runs made before the option started every block "paper"
-    )
+    spec = ModelSpec.from_config(config, num_classes=0, in_chans=int(metrics.get("in_chans", 3)),
+                                 class_names=metrics.get("class_names") or [])
     head_key = spec.class_weight_key()
     if head_key not in state:
-        raise ValueError(f"checkpoint of {run_dir} has no class weight {head_key!r}; is it a visattn {task} run?")
+        raise ExportError(f"checkpoint of {run_dir} has no class weight {head_key!r}; is it a visattn {spec.task} "
+                          "run?")
     spec.num_classes = int(state[head_key].shape[0])
     model = spec.build()
     model.load_state_dict(state, strict=True)
@@ -159,18 +109,19 @@ def sample_images(spec: ModelSpec, config: dict[str, Any], count: int, img_size:
     """Up to ``count`` normalised test images of the run's own data, or None when the data cannot be read here."""
     # skip_bad_images as in training: the files the run left out would otherwise stop the data from loading
     common = dict(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size, batch_size=count,
-                  num_workers=0, limit=count, skip_bad_images=bool(config.get("skip_bad_images", False)))
+                  num_workers=0, limit=count, skip_bad_images=bool(config.get("skip_bad_images", False)),
+                  dataset_options=config.get("data_args") or None)
     try:
         with warnings.catch_warnings():  # "skipped N undecodable images" was reported by the training run
             warnings.simplefilter("ignore")
             if spec.task == "detect":
                 from visattn.data.detect import DetectionDataModule
 
-                data = DetectionDataModule(**common, **(config.get("data_args") or {}))
+                data = DetectionDataModule(**common)
             else:
                 from visattn.data import ClassificationDataModule
 
-                data = ClassificationDataModule(**common, dataset_options=config.get("data_args") or None)
+                data = ClassificationDataModule(**common)
             data.setup("test")
             images, _ = next(iter(data.test_dataloader()))
         return images

@@ -38,6 +38,7 @@ from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
 from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, NonFiniteLossError, ThroughputMonitor
+from visattn.tasks.factory import build_datamodule, build_module, model_spec, task_of
 from visattn.tasks.finetune import freeze_parameters
 from visattn.tasks.monitors import BlockStatsMonitor
 
@@ -227,49 +228,12 @@ def load_resume_checkpoint(path: Path, module: L.LightningModule) -> None:
                          f"({detail})") from err
 
 
-def build_datamodule(config: TrainConfig) -> L.LightningDataModule:
-    if config.task == "detect":
-        from visattn.data.detect import DetectionDataModule as DataModule
-    else:
-        from visattn.data import ClassificationDataModule as DataModule
-    args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
-                num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
-                limit=config.limit, skip_bad_images=config.skip_bad_images)
-    if config.task == "detect":
-        check_kwargs(f"data set {config.data!r} (data_args)", DataModule, config.data_args)
-        datamodule = DataModule(**args, **config.data_args)
-    else:
-        datamodule = DataModule(**args, dataset_options=config.data_args or None)
-    datamodule.setup("fit")
-    return datamodule
-
-
-def build_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
+def training_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
     """The task module around a freshly built model (``pretrained`` loaded if set)."""
-    from visattn.models.build import build_model
-
-    common = dict(lr=config.lr, weight_decay=config.weight_decay, optimizer=config.optimizer,
-                  momentum=config.momentum, warmup_epochs=config.warmup_epochs,
-                  attn_lr_scale=float(config.attn_lr_scale), freeze_bn=config.freeze_bn)
-    if config.task == "detect":
-        from visattn.models.detector import build_detector
-        from visattn.tasks.detect import DetectionModule
-
-        model = build_detector(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
-                               neck=config.neck, scale=config.scale, img_size=config.img_size,
-                               pretrained=config.pretrained, backbone_args=config.backbone_args,
-                               attn_init=config.attn_init)
-        prepare_finetune(model, config, datamodule)
-        return apply_speed_options(DetectionModule(model, num_classes=datamodule.num_classes,
-                                                   img_size=config.img_size, **common), config)
-    from visattn.tasks.classify import ClassificationModule
-
-    model = build_model(config.backbone, attn=config.attn, num_classes=datamodule.num_classes,
-                        in_chans=datamodule.in_chans, img_size=config.img_size, pretrained=config.pretrained,
-                        backbone_args=config.backbone_args, attn_init=config.attn_init)
+    model = model_spec(config, datamodule).build(pretrained=config.pretrained)
     prepare_finetune(model, config, datamodule)
-    module = ClassificationModule(model, num_classes=datamodule.num_classes, img_size=config.img_size,
-                                  in_chans=datamodule.in_chans, label_smoothing=config.label_smoothing, **common)
+    module = build_module(config, model, num_classes=datamodule.num_classes,
+                            in_chans=getattr(datamodule, "in_chans", 3))
     return apply_speed_options(module, config)
 
 
@@ -292,10 +256,6 @@ def apply_speed_options(module: L.LightningModule, config: TrainConfig) -> L.Lig
     if getattr(config, "compile", False):
         module.model.compile()
     return module
-
-
-def monitor_metric(config: TrainConfig) -> str:
-    return "val/map" if config.task == "detect" else "val/acc"
 
 
 def keep_previous_logs(run_dir: Path) -> None:
@@ -323,8 +283,9 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
     # precision "auto" is resolved here, for this machine; metrics.json records the choice and the reason
     precision, precision_reason = resolve_precision(config.precision, accelerator=config.accelerator)
     throughput = ThroughputMonitor(precision_reason=precision_reason)
+    monitor = task_of(config.task).monitor
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor=monitor_metric(config), mode="max",
+        ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor=monitor, mode="max",
                         save_top_k=1, enable_version_counter=False),
         # Lightning's save_last only writes when a best checkpoint is written; resume needs one every epoch
         ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="last", monitor=None, save_top_k=1,
@@ -334,7 +295,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         BlockStatsMonitor(),  # e.g. an STN's theta statistics, and a warning line for a degenerate grid
     ]
     if config.early_stopping:
-        callbacks.append(EarlyStopping(monitor=monitor_metric(config), mode="max", patience=config.early_stopping))
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=config.early_stopping))
     if config.visualize_every:
         from visattn.viz.callback import AttentionFigures
 
@@ -353,7 +314,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
 
         callbacks.append(RichProgressBar())
     else:
-        callbacks.append(EpochSummary(throughput, monitor=monitor_metric(config)))
+        callbacks.append(EpochSummary(throughput, monitor=monitor))
     trainer_args: dict[str, Any] = dict(
         default_root_dir=run_dir, max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         strategy=config.strategy, num_nodes=config.num_nodes, precision=precision, logger=loggers,
@@ -389,7 +350,7 @@ def prepare(config: TrainConfig) -> PreparedRun:
     if is_launched_child():  # DDP processes started by rank 0, which owns the directory
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config)
-        module = build_module(build_config, datamodule)
+        module = training_module(build_config, datamodule)
         resume_from = last if config.resume and last.is_file() else None
         trainer, throughput = build_trainer(config, run_dir, resuming=resume_from is not None)
         return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
@@ -403,7 +364,7 @@ def prepare(config: TrainConfig) -> PreparedRun:
                                   "first checkpoint); start it again with --overwrite")
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config)
-        module = build_module(build_config, datamodule)
+        module = training_module(build_config, datamodule)
         if config.resume:
             load_resume_checkpoint(last, module)
         trainer, throughput = build_trainer(config, run_dir, resuming=config.resume)
@@ -534,6 +495,7 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
         "resumed": prepared.resume_from is not None,
         "skipped_images": getattr(prepared.datamodule, "skipped_images", 0),
         "num_classes": prepared.datamodule.num_classes,
+        "in_chans": getattr(prepared.datamodule, "in_chans", 3),  # the input the model takes (latency, export)
         "test_size": test_split_size(trainer),  # images behind the test metrics (sampling intervals in sweeps)
         "test_is_val": bool(getattr(prepared.datamodule, "test_is_val", False)),  # no test split: val stands in
         "class_names": list(getattr(prepared.datamodule, "class_names", []) or []),

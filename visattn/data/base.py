@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from visattn.errors import DataError
 from visattn.layers.helpers import require
+from visattn.registry import keyword_names
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Fixed seed of every built-in split, independent of the training seed: the test set never moves.
@@ -72,6 +73,20 @@ def check_options(owner: str, options: Mapping[str, Any], allowed: Sequence[str]
                 f"{owner}: unknown option {key!r}.{nearest(str(key), allowed)} "
                 f"Valid options: {', '.join(allowed) or '(none)'}."
             )
+
+
+def check_dataset_options(name: str, loader: Callable[..., Any], options: Mapping[str, Any] | None, *,
+                          shared: Sequence[str]) -> dict[str, Any]:
+    """A data set's own options (both data modules' ``dataset_options``, a config's ``data_args``): keywords of its
+    loader other than the ``shared`` ones the data module passes itself. An unknown one names the valid ones."""
+    if options is not None and not isinstance(options, Mapping):
+        raise DataError(f"data set {name!r}: dataset_options must be None or a mapping, got {options!r}")
+    own = [arg for arg in keyword_names(loader) if arg not in shared]
+    for key, value in (options or {}).items():
+        if key not in own:
+            raise DataError(f"data set {name!r} does not use {key} (got {value!r}).{nearest(str(key), own)} "
+                            f"Its own options: {', '.join(own) or '(none)'}.")
+    return dict(options or {})
 
 
 def stratified_split(

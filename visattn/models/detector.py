@@ -49,6 +49,11 @@ class Detector(nn.Module):
         self.in_chans = backbone.input.channels
 
     @property
+    def class_weight_key(self) -> str:
+        """The state-dict key whose first dimension is the number of classes (the last class convolution)."""
+        return f"head.cls_branches.0.{len(self.head.cls_branches[0]) - 1}.weight"
+
+    @property
     def input(self) -> AttentionSlot:
         """The backbone's image slot (``backbone.input``)."""
         return self.backbone.input

@@ -13,14 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config, notice
-from visattn.registry import did_you_mean
+from visattn.models.build import list_slots, normalise_specs
+from visattn.models.spec import ModelSpec
+from visattn.registry import ATTENTION, check_kwargs, did_you_mean
 from visattn.rundir import check_name
+from visattn.tasks.factory import TASKS, build_datamodule
 
 SPEC_KEYS = ("name", "backbone", "attn", "at", "seeds", "metric", "reference", "train", "grid")
 # TrainConfig keys the sweep itself sets for every run; they cannot be shared values or grid axes.
 CONTROLLED = ("backbone", "attn", "seed", "out", "name", "resume", "overwrite")
-DEFAULT_METRIC = {"classify": "test.acc", "detect": "test.map"}
 REFERENCE_KEYS = ("backbone", "backbone_args", "label")
 FORMAT = 1
 # YAML 1.1 reads ``1e-3`` as a string; these TrainConfig keys take numbers.
@@ -49,7 +53,7 @@ class SweepSpec:
 
     @property
     def metric_name(self) -> str:
-        return self.metric or DEFAULT_METRIC.get(self.task, "test.acc")
+        return self.metric or (TASKS[self.task].metric if self.task in TASKS else TASKS["classify"].metric)
 
     def default_name(self) -> str:
         return self.name or f"{self.train.get('data') or 'data'}-{'+'.join(self.backbone)}"
@@ -247,27 +251,15 @@ def _error_text(err: BaseException) -> str:
 
 def _model_slots(config: TrainConfig) -> tuple[list[str], list[str]]:
     """(all slot names, default slot names) of the run's model with every slot empty."""
-    from visattn.models.build import build_model, list_slots
-
-    if config.task == "detect":
-        from visattn.models.detector import Detector, build_detector
-
-        model = build_detector(config.backbone, num_classes=1, neck=config.neck, scale=config.scale,
-                               img_size=config.img_size, backbone_args=config.backbone_args)
-        role = Detector.default_slot_role
-    else:
-        model = build_model(config.backbone, num_classes=2, img_size=config.img_size,
-                            backbone_args=config.backbone_args)
-        role = getattr(model, "default_slot_role", "block")
+    spec = ModelSpec.from_config({**config.to_dict(), "attn": None}, num_classes=2)
+    model = spec.build()
+    role = getattr(model, "default_slot_role", "block")
     slots = list_slots(model)
     return [s.name for s in slots], [s.name for s in slots if s.role == role]
 
 
 def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> None:
     """Block names, their argument names and the slot globs of ``config.attn`` (no block is built)."""
-    from visattn.models.build import normalise_specs
-    from visattn.registry import ATTENTION, check_kwargs
-
     for spec in normalise_specs(config.attn):
         block = spec["block"]
         if block != "none":
@@ -282,29 +274,12 @@ def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> N
 
 
 def _check_data(config: TrainConfig) -> None:
-    """Data set name and option names, as train.build_datamodule passes them (nothing is loaded)."""
-    from visattn.registry import check_kwargs
-
-    args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
-                num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
-                limit=config.limit, skip_bad_images=config.skip_bad_images)
-    if config.task == "detect":
-        from visattn.data.detect import DetectionDataModule
-
-        check_kwargs(f"data set {config.data!r} (data_args)", DetectionDataModule, config.data_args)
-        DetectionDataModule(**args, **config.data_args)
-    else:
-        from visattn.data import ClassificationDataModule
-
-        ClassificationDataModule(**args, dataset_options=config.data_args or None)
+    """Data set name and option names, as training passes them (nothing is loaded)."""
+    build_datamodule(config, stage=None)
 
 
 def _check_trainer(config: TrainConfig) -> None:
     if config.trainer:
-        import lightning as L
-
-        from visattn.registry import check_kwargs
-
         check_kwargs("trainer", L.Trainer, config.trainer)
 
 

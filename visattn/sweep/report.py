@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from visattn.models.spec import ModelSpec
 from visattn.perf import cpu_model
 from visattn.sweep.execute import read_status, run_dir_of
 from visattn.sweep.grid import RunPlan
@@ -554,21 +555,9 @@ def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
     """The architecture of a finished run (weights do not matter for timing) and its batch-1 input size."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    size, in_chans = int(config["img_size"]), int(metrics.get("in_chans", 3))
-    if config.get("task") == "detect":
-        from visattn.models.detector import build_detector
-
-        model = build_detector(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
-                               neck=config.get("neck", "pan"), scale=config.get("scale", "n"), img_size=size,
-                               backbone_args=config.get("backbone_args") or {},
-                               attn_init=config.get("attn_init") or "paper")
-    else:
-        from visattn.models.build import build_model
-
-        model = build_model(config["backbone"], attn=config.get("attn"), num_classes=int(metrics["num_classes"]),
-                            in_chans=in_chans, img_size=size, backbone_args=config.get("backbone_args") or {},
-                            attn_init=config.get("attn_init") or "paper")
-    return model, (1, in_chans, size, size)
+    spec = ModelSpec.from_config(config, num_classes=int(metrics["num_classes"]),
+                                 in_chans=int(metrics.get("in_chans", 3)))  # older runs did not record in_chans
+    return spec.build(), (1, spec.in_chans, spec.img_size, spec.img_size)
 
 
 def ort_available() -> str | None:

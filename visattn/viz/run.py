@@ -37,7 +37,7 @@ def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
     """The run's classification data module (its data set, size, options), or data set ``data`` at its size."""
     from dataclasses import replace
 
-    from visattn.train import build_datamodule
+    from visattn.tasks.factory import build_datamodule
 
     config = read_run_config(run_dir)
     if config.task != "classify":
