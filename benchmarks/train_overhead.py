@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from visattn.cli import key_values
+    from visattn.config import key_values
     from visattn.train import prepare
 
     values = dict(PRESETS[args.preset], epochs=args.epochs, precision=args.precision, seed=0)

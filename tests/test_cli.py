@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from visattn.cli import add_train_arguments, config_from_args
+from visattn.cli.train import add_train_arguments, config_from_args
 from visattn.config import ConfigError, attn_label
 
 

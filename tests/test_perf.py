@@ -226,7 +226,7 @@ def test_config_accepts_speed_flags_and_auto():
 def test_cli_flags_reach_the_config():
     import argparse
 
-    from visattn.cli import add_train_arguments, config_from_args
+    from visattn.cli.train import add_train_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -333,8 +333,9 @@ def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
 
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (64, 8)])
 def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus, expected):
+    from visattn.cli.sweep import build_parser
     from visattn.data import datamodule
-    from visattn.sweep.cli import build_parser, default_workers
+    from visattn.sweep.execute import default_workers
 
     monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
     assert default_workers() == expected

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from visattn.cli import USER_ERRORS, config_from_args, run_cli, train_main, train_parser
+from visattn.cli.main import run_cli
+from visattn.cli.train import config_from_args, train_parser
+from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config, save_config
+from visattn.errors import USER_ERRORS
 from visattn.rundir import RUN_MARKER, DirLock
 from visattn.train import ERROR_FILE, prepare, train, write_json_atomic
 
@@ -381,7 +384,8 @@ import os, signal, sys
 import lightning as L
 import torch
 import visattn.train as vt
-from visattn.cli import run_cli, train_main
+from visattn.cli.main import run_cli
+from visattn.cli.train import main as train_main
 
 torch.set_num_threads({threads})
 build = vt.build_trainer

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import visattn.sweep.run as sweep_run
-from visattn.cli import run_cli
+from visattn.cli.main import run_cli
+from visattn.cli.sweep import main as sweep_main
 from visattn.config import ConfigError
 from visattn.rundir import DirLock
 from visattn.sweep import make_spec, run_sweep
-from visattn.sweep.cli import sweep_main
 from visattn.sweep.execute import is_done, run_error
 from visattn.sweep.run import MARKER, claim_sweep_dir
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visattn.cli import train_main
+from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config
 from visattn.train import read_metrics_csv, train
 

@@ -9,7 +9,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -50,6 +50,9 @@ LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how
 # is unchanged at step 0), else "paper" (the published block).
 ATTN_INITS = ("auto", "paper", "identity")
 FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
+# What ``visattn export`` makes (visattn.export); here so that its --help imports no torch.
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+DEFAULT_OPSET = 18
 
 
 @dataclass
@@ -142,6 +145,17 @@ FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 
+def check_name(name: str, *, what: str = "run") -> str:
+    """A run or sweep name is one path component: it can never point outside ``--out``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} name must be a non-empty string, got {name!r}")
+    seps = {"/", os.sep, os.altsep or "/"}
+    if name in (".", "..") or any(s in name for s in seps) or "\0" in name or Path(name).is_absolute():
+        raise ConfigError(f"{what} name {name!r} must be a single folder name (no '/', '..' or absolute path); "
+                          f"use --out to choose the parent folder")
+    return name
+
+
 def check_keys(values: Mapping[str, Any], source: str) -> None:
     for key in values:
         if key not in FIELDS:
@@ -193,6 +207,46 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
     return values
+
+
+# ------------------------------------------------------------------------------------------ values from flags
+def parse_value(text: str) -> Any:
+    """A YAML scalar/list/mapping from the command line: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``{a: 1}``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` flags -> ``{key: parsed value}``; dashes in keys become underscores."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = parse_value(value)
+    return out
+
+
+def nest_dotted(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"data_args.num_train": 64}`` -> ``{"data_args": {**base["data_args"], "num_train": 64}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." not in key:
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        current = out.get(head, base.get(head))
+        if current is None:
+            current = {}
+        if not isinstance(current, Mapping):
+            raise ConfigError(f"--set {key}=...: {head!r} is not a mapping (it is {current!r}); "
+                              f"set it whole with --set {head}=VALUE")
+        out[head] = {**current, **nest_dotted({rest: value}, current)}
+    return out
+
+
 
 
 def _type_name(hint: Any) -> str:
@@ -258,9 +312,31 @@ def held_notices() -> Iterator[list[str]]:
         _HELD_NOTICES.pop()
 
 
+# Where launchers put a process's global rank: torchrun and Lightning's own launcher, SLURM's srun, MPI (MPICH, Intel
+# MPI, Open MPI), LSF's jsrun. RANK wins: under `srun torchrun ...` SLURM_PROCID numbers the nodes, not the processes.
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK")
+
+
+def global_rank() -> int:
+    """This process's rank over every node, from the launcher's environment; 0 when nothing launched it.
+
+    Without any of ``RANK_VARIABLES`` (Lightning's launcher before it starts the other processes of a node)
+    the rank is 0 only on node 0 (``NODE_RANK``) in its first process (``LOCAL_RANK``).
+    """
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={value!r} is not a process rank (an integer)") from None
+    local, node = os.environ.get("LOCAL_RANK", "0").strip() or "0", os.environ.get("NODE_RANK", "0").strip() or "0"
+    return 0 if (local, node) == ("0", "0") else 1
+
+
 def notice(text: str) -> None:
     """A one-line note on stderr (global rank 0 only), or into the innermost ``held_notices()``."""
-    if os.environ.get("RANK", "0") != "0":
+    if global_rank() != 0:
         return
     if _HELD_NOTICES:
         _HELD_NOTICES[-1].append(text)
@@ -275,8 +351,6 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     config = TrainConfig(**{**dict(file_values), **dict(overrides)})
     check_types(config)
     if config.name is not None:
-        from visattn.rundir import check_name
-
         check_name(config.name)
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")

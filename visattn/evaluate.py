@@ -117,10 +117,10 @@ def evaluate_run(
     ``data`` other than the run's starts from that data set's defaults (``data_dir`` and options are not
     carried over); it must have the run's number of classes.
     """
-    from visattn.cli import quiet_lightning
+    from visattn.tasks.common import quiet_lightning
     from visattn.tasks.factory import build_datamodule, build_module
     from visattn.train import write_json_atomic
-    from visattn.viz.run import read_run_config
+    from visattn.visualize import read_run_config
 
     if split not in SPLITS:
         raise ValueError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")

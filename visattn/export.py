@@ -25,13 +25,12 @@ import torch
 import yaml
 from torch import nn
 
+from visattn.config import DEFAULT_OPSET, EXPORT_FORMATS
 from visattn.errors import ExportError
 from visattn.models.spec import ModelSpec
 from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on logits
@@ -43,11 +42,11 @@ MIN_BOX_AGREEMENT = 0.95
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
     for item in items:
-        if item not in FORMATS:
-            raise ValueError(f"unknown export format {item!r}.{did_you_mean(item, list(FORMATS))} "
-                             f"Valid formats: {', '.join(FORMATS)}")
+        if item not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {item!r}.{did_you_mean(item, list(EXPORT_FORMATS))} "
+                             f"Valid formats: {', '.join(EXPORT_FORMATS)}")
     if not items:
-        raise ValueError(f"no export format given; valid formats: {', '.join(FORMATS)}")
+        raise ValueError(f"no export format given; valid formats: {', '.join(EXPORT_FORMATS)}")
     return items
 
 
@@ -355,7 +354,7 @@ def export_run(
     run_dir: str | Path,
     *,
     checkpoint: str = "best",
-    formats: str | Sequence[str] = FORMATS,
+    formats: str | Sequence[str] = EXPORT_FORMATS,
     dynamic_batch: bool = False,
     img_size: int | None = None,
     opset: int = DEFAULT_OPSET,

@@ -16,21 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from visattn.config import ConfigError
+from visattn.errors import ConfigError
 
 LOCK = ".lock"
 RUN_MARKER = ".visattn-run"
-
-
-def check_name(name: str, *, what: str = "run") -> str:
-    """A run or sweep name is one path component: it can never point outside ``--out``."""
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{what} name must be a non-empty string, got {name!r}")
-    seps = {"/", os.sep, os.altsep or "/"}
-    if name in (".", "..") or any(s in name for s in seps) or "\0" in name or Path(name).is_absolute():
-        raise ConfigError(f"{what} name {name!r} must be a single folder name (no '/', '..' or absolute path); "
-                          f"use --out to choose the parent folder")
-    return name
 
 
 def check_out_dir(out: str | Path) -> list[Path]:

@@ -29,6 +29,8 @@ from visattn.config import (
     ConfigError,
     TrainConfig,
     attn_label,
+    check_name,
+    global_rank,
     make_config,
     read_yaml,
     save_config,
@@ -36,36 +38,20 @@ from visattn.config import (
 from visattn.models.weights import measure_output_change
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
-from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
-from visattn.tasks.common import AtomicCheckpointIO, EpochSummary, NonFiniteLossError, ThroughputMonitor
+from visattn.rundir import LOCK, DirLock, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
+from visattn.tasks.common import (
+    AtomicCheckpointIO,
+    EpochSummary,
+    NonFiniteLossError,
+    ThroughputMonitor,
+    quiet_lightning,
+)
 from visattn.tasks.factory import build_datamodule, build_module, model_spec, task_of
 from visattn.tasks.finetune import freeze_parameters
 from visattn.tasks.monitors import BlockStatsMonitor
 
 CHECKPOINTS = "checkpoints"
 ERROR_FILE = "error.json"  # why the last attempt of a run failed; removed when an attempt starts or succeeds
-
-
-# Where launchers put a process's global rank: torchrun and Lightning's own launcher, SLURM's srun, MPI (MPICH, Intel
-# MPI, Open MPI), LSF's jsrun. RANK wins: under `srun torchrun ...` SLURM_PROCID numbers the nodes, not the processes.
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK")
-
-
-def global_rank() -> int:
-    """This process's rank over every node, from the launcher's environment; 0 when nothing launched it.
-
-    Without any of ``RANK_VARIABLES`` (Lightning's launcher before it starts the other processes of a node)
-    the rank is 0 only on node 0 (``NODE_RANK``) in its first process (``LOCAL_RANK``).
-    """
-    for name in RANK_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            try:
-                return int(value)
-            except ValueError:
-                raise ConfigError(f"environment variable {name}={value!r} is not a process rank (an integer)") from None
-    local, node = os.environ.get("LOCAL_RANK", "0").strip() or "0", os.environ.get("NODE_RANK", "0").strip() or "0"
-    return 0 if (local, node) == ("0", "0") else 1
 
 
 def is_launched_child() -> bool:
@@ -340,8 +326,6 @@ def prepare(config: TrainConfig) -> PreparedRun:
     data, the model, the trainer and, for a resume, the checkpoint have all been set up; a failure removes only
     what this call created. The directory stays locked until ``fit`` ends.
     """
-    from visattn.cli import quiet_lightning
-
     quiet_lightning()  # every run, also a sweep's and a library call's
     run_dir = run_dir_of(config)
     last = run_dir / CHECKPOINTS / "last.ckpt"

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from visattn.data.datamodule import available_cpus
 from visattn.sweep.worker import ERROR_MARK, child_main, context
 
 EXECUTORS = ("local", "ray")
@@ -35,11 +36,15 @@ class Outcome:
     host: str
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def default_workers() -> int:
+    """Runs at a time when ``--workers`` is not given: one per core (at most 8), each with one torch thread.
+
+    Measured on a 2-core machine (benchmarks/README.md, "Sweeps: runs per hour"): two single-thread runs finish
+    more runs per hour than one run with two threads, since one small model's step scales poorly over threads and
+    two threads of one process lose time at every synchronisation when the machine is busy. At most 8 so that
+    the data sets the runs hold in memory stay bounded.
+    """
+    return max(1, min(8, available_cpus()))
 
 
 def run_dir_of(sweep_dir: Path, run_id: str) -> Path:
@@ -183,7 +188,7 @@ Task = tuple[str, dict[str, Any]]  # (run_id, TrainConfig values)
 def run_local(tasks: Sequence[Task], *, sweep_dir: Path, workers: int, threads: int | None,
               on_done: Callable[[Outcome], None], peaks: list[dict[str, Any]] | None = None) -> None:
     """``workers`` runs at a time on this machine, each with ``threads`` torch threads (default cores // workers)."""
-    threads = threads or max(1, cpu_count() // workers)
+    threads = threads or max(1, available_cpus() // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_one, run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads,
                                peaks=peaks)

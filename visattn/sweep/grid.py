@@ -15,11 +15,10 @@ from typing import Any
 
 import lightning as L
 
-from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config, notice
+from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, check_name, held_notices, make_config, notice
 from visattn.models.build import list_slots, normalise_specs
 from visattn.models.spec import ModelSpec
 from visattn.registry import ATTENTION, check_kwargs, did_you_mean
-from visattn.rundir import check_name
 from visattn.tasks.factory import TASKS, build_datamodule
 
 SPEC_KEYS = ("name", "backbone", "attn", "at", "seeds", "metric", "reference", "train", "grid")

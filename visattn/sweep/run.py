@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from visattn.config import ConfigError
-from visattn.rundir import LOCK, DirLock, check_name, check_out_dir, clear_dir, remove_created
+from visattn.config import ConfigError, check_name
+from visattn.data.datamodule import available_cpus
+from visattn.rundir import LOCK, DirLock, check_out_dir, clear_dir, remove_created
 from visattn.sweep.execute import (
     EXECUTORS,
     Outcome,
-    cpu_count,
     is_done,
     ray_slots,
     read_status,
@@ -270,7 +270,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
                        f"{threads_per_run or max(1, int(cpus_per_run))} torch thread(s) each")
             else:
                 slots = min(workers, max(1, len(pending)))
-                threads = threads_per_run or max(1, cpu_count() // workers)
+                threads = threads_per_run or max(1, available_cpus() // workers)
                 how = f"local, {slots} at a time, {threads} torch thread(s) each"
             say(f"sweep {sweep_dir}: {len(plans)} runs, {done} finished, {len(pending)} to run ({how})", flush=True)
             progress = Progress(total=len(plans), done=len(plans) - len(pending), to_run=len(pending), slots=slots,
@@ -283,7 +283,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
             tasks = [(p.run_id, p.values) for p in pending]
             claim.started = True
             run_threads = (threads_per_run or max(1, int(cpus_per_run)) if executor == "ray"
-                           else threads_per_run or max(1, cpu_count() // workers))
+                           else threads_per_run or max(1, available_cpus() // workers))
             peaks = run_peaks([p.values for p in pending], threads=run_threads) if pending else []
             for peak in peaks:
                 say(f"sweep {sweep_dir}: every run is divided by the {peak['dtype']} matmul peak "

@@ -75,8 +75,8 @@ def child_main(values: dict[str, Any], log_path: str, threads: int, launcher: in
     import torch
 
     torch.set_num_threads(threads)
-    from visattn.cli import error_text
     from visattn.config import make_config
+    from visattn.errors import error_text
     from visattn.perf import use_peaks
     from visattn.train import train
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,21 @@ from torch import nn
 
 from visattn.errors import NonFiniteLossError
 from visattn.tasks.finetune import attn_lr_scales
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence two messages Lightning prints on every run that a user can do nothing about: the "try installing
+    litlogger" advertisement and torch's ``LeafSpec`` deprecation, raised inside Lightning's own pytree code.
+    Idempotent; everything else Lightning says is kept. DataLoader workers and DDP children inherit the filters."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
 
 
 def declared(model: nn.Module, method: str) -> dict[str, Any]:

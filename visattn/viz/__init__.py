@@ -17,8 +17,6 @@ _LAZY = {
     "box_mass_report": "visattn.viz.measure",
     "grad_cam": "visattn.viz.gradcam",
     "write_figures": "visattn.viz.figures",
-    "visualize_run": "visattn.viz.run",
-    "measure_run": "visattn.viz.run",
 }
 __getattr__, __dir__ = lazy_face(__name__, _LAZY)
 

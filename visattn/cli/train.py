@@ -1,18 +1,20 @@
-"""Command lines shared by ``tools/``: argument parsing, config-file merge, one-paragraph errors."""
+"""``visattn train``: flags and a config file -> a ``TrainConfig`` -> one training run (``visattn.train``)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from visattn.attention import list_attention
+from visattn.backbones import list_backbones
+from visattn.cli.main import version_text
 from visattn.config import (
     ATTN_INITS,
     DATA_IMG_SIZE,
@@ -20,84 +22,20 @@ from visattn.config import (
     OPTIMIZER_DEFAULTS,
     SAFE_ON_RESUME,
     TASK_DEFAULTS,
-    ConfigError,
+    TASKS,
     TrainConfig,
     held_notices,
+    key_values,
     make_config,
+    nest_dotted,
     packaged_configs,
+    parse_value,
     read_yaml,
     resolve_config,
 )
-
-# Errors a user can cause with a flag, a config or a file; anything else is a bug and keeps its traceback.
-# OSError: an unwritable --out, a full disk, a missing file.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, KeyError, ValueError, TypeError, OSError)
-
-
-def error_text(err: BaseException) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split())
-
-
-def run_cli(main: Callable[[], int | None]) -> None:
-    """Run ``main``; a user error prints one paragraph and exits 2 instead of a traceback."""
-    try:
-        code = main()
-    except USER_ERRORS as err:
-        print(f"visattn: error: {error_text(err)}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code or 0)
-
-
-class _DropLitLoggerTip(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def quiet_lightning() -> None:
-    """Silence two messages Lightning prints on every run that a user can do nothing about: the "try installing
-    litlogger" advertisement and torch's ``LeafSpec`` deprecation, raised inside Lightning's own pytree code.
-    Idempotent; everything else Lightning says is kept. DataLoader workers and DDP children inherit the filters."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
-        rank_zero.addFilter(_DropLitLoggerTip())
-
-
-def parse_value(text: str) -> Any:
-    """A YAML scalar/list/mapping from the command line: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``{a: 1}``."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = parse_value(value)
-    return out
-
-
-def nest_dotted(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"data_args.num_train": 64}`` -> ``{"data_args": {**base["data_args"], "num_train": 64}}``."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if "." not in key:
-            out[key] = value
-            continue
-        head, rest = key.split(".", 1)
-        current = out.get(head, base.get(head))
-        if current is None:
-            current = {}
-        if not isinstance(current, Mapping):
-            raise ConfigError(f"--set {key}=...: {head!r} is not a mapping (it is {current!r}); "
-                              f"set it whole with --set {head}=VALUE")
-        out[head] = {**current, **nest_dotted({rest: value}, current)}
-    return out
+from visattn.data import list_datasets
+from visattn.data.detect import list_detection_datasets
+from visattn.errors import ConfigError
 
 
 def by_task(key: str) -> str:
@@ -129,15 +67,10 @@ def img_size_defaults() -> str:
 
 
 def choices_text() -> str:
-    """The valid backbones, blocks, data sets and packaged configs, for the end of ``--help``."""
-    import textwrap
-
-    import visattn
-    from visattn.data import list_datasets
-    from visattn.data.detect import DETECTION_DATASETS
-
-    lines = [("backbones", visattn.list_backbones()), ("attention blocks", visattn.list_attention()),
-             ("data (classify)", list_datasets()), ("data (detect)", DETECTION_DATASETS.names()),
+    """The valid backbones, blocks, data sets and packaged configs, for the end of ``--help`` (their names are
+    declared, so listing them imports no torch)."""
+    lines = [("backbones", list_backbones()), ("attention blocks", list_attention()),
+             ("data (classify)", list_datasets()), ("data (detect)", list_detection_datasets()),
              ("packaged configs", sorted(k.split("/", 1)[1] for k in packaged_configs()
                                          if not k.startswith("sweeps/")))]
     return "\n".join(textwrap.fill(", ".join(names), width=118, initial_indent=f"  {label + ':':<18}",
@@ -150,7 +83,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", help="YAML file of TrainConfig keys, or a packaged config's name (e.g. digits_resnet18_cbam); "
                          "flags given here override it")
-    add("--task", choices=["classify", "detect"], help=f"(default: {base.task})")
+    add("--task", choices=TASKS, help=f"(default: {base.task})")
     add("--backbone", help=f"see the list below (default: {base.backbone})")
     add("--attn", help="an attention block (list below), or 'none' (default: none)")
     add("--attn-at", help="glob(s) over slot names, comma-separated (default: the backbone's default slots)")
@@ -263,8 +196,6 @@ Precedence: flags, then the --config file, then the defaults shown above. The ru
 
 
 def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
-    from visattn.commands import version_text
-
     parser = argparse.ArgumentParser(
         prog=prog, description="Train a backbone with attention blocks (classification or detection).",
         epilog=TRAIN_EXAMPLES.format(prog=prog) + "\nvalid choices:\n" + choices_text(),
@@ -276,16 +207,15 @@ def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
     return parser
 
 
-def train_main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
-    from visattn.train import fit, prepare
-
+def main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> int:
     args = train_parser(prog).parse_args(argv)
     with held_notices() as notices:  # shown once the run is set up: a failed command prints only its error
         config = config_from_args(args)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    quiet_lightning()
+    from visattn.train import fit, prepare  # after the flags: --help and --print-config import no torch
+
     prepared = prepare(config)
     for line in notices:
         print(line, file=sys.stderr)

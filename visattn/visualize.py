@@ -1,4 +1,4 @@
-"""Figures and box measurements for a trained run directory (the library side of ``tools/visualize.py``)."""
+"""``visattn visualize``: attention figures and box measurements of a trained run directory."""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
-"""``tools/sweep.py``: flags and a sweep YAML -> :func:`visattn.sweep.run_sweep`."""
+"""``visattn sweep``: flags and a sweep YAML -> :func:`visattn.sweep.run_sweep`."""
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visattn.cli import key_values, parse_value
-from visattn.config import ConfigError, read_yaml, resolve_config
+from visattn.cli.main import version_text
+from visattn.config import TASKS, check_name, key_values, parse_value, read_yaml, resolve_config
+from visattn.errors import ConfigError
 
 EPILOG = """\
 examples:
@@ -55,22 +57,7 @@ def grid_values(items: Sequence[str] | None) -> dict[str, list[Any]]:
     return out
 
 
-def default_workers() -> int:
-    """Runs at a time when ``--workers`` is not given: one per core (at most 8), each with one torch thread.
-
-    Measured on a 2-core machine (benchmarks/README.md, "Sweeps: runs per hour"): two single-thread runs finish
-    more runs per hour than one run with two threads, since one small model's step scales poorly over threads and
-    two threads of one process lose time at every synchronisation when the machine is busy. At most 8 so that
-    the data sets the runs hold in memory stay bounded.
-    """
-    from visattn.data.datamodule import available_cpus
-
-    return max(1, min(8, available_cpus()))
-
-
 def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
-    from visattn.commands import version_text
-
     parser = argparse.ArgumentParser(prog=prog, epilog=EPILOG.format(prog=prog),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Ablation sweep: backbones x attention blocks (x places x "
@@ -88,7 +75,7 @@ def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
     add("--metric", help="dotted key of metrics.json to compare (default: test.acc, or test.map for detection)")
     add("--reference", help="backbone(s) trained with attn none and the same seeds, e.g. resnet34: what the "
                             "extra MACs would buy as depth/width")
-    add("--task", choices=["classify", "detect"])
+    add("--task", choices=TASKS)
     add("--data")
     add("--data-dir")
     add("--img-size", type=int)
@@ -143,12 +130,13 @@ def spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
-    from visattn.rundir import check_name
+def main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py") -> int:
+    args = build_parser(prog).parse_args(argv)
+    # the application after the flags: --help imports no torch
+    from visattn.sweep.execute import default_workers
     from visattn.sweep.grid import check_grid, expand, make_spec
     from visattn.sweep.run import report_sweep, run_sweep
 
-    args = build_parser(prog).parse_args(argv)
     file_values = read_yaml(resolve_config(args.config)) if args.config else {}
     spec = make_spec(file_values, spec_overrides(args), source=args.config or "sweep config")
     if args.name is None and spec.name is None and args.config:
@@ -173,8 +161,6 @@ def sweep_main(argv: Sequence[str] | None = None, *, prog: str = "tools/sweep.py
         def stop(signum: int, frame: Any) -> None:
             """SIGTERM or SIGINT: end the runs in progress (they resume next time) and leave. Without this a
             SIGINT sent to the sweep alone (not Ctrl-C's whole process group) waited for the runs to finish."""
-            import multiprocessing
-
             for child in multiprocessing.active_children():
                 child.terminate()
             raise KeyboardInterrupt

@@ -1,0 +1,50 @@
+"""``visattn export``: a trained run to ONNX, TorchScript and safetensors, each verified (``visattn.export``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from visattn.cli.main import new_parser
+from visattn.config import DEFAULT_OPSET, EXPORT_FORMATS
+
+EXPORT_EXAMPLES = """\
+examples:
+  {prog} --run runs/digits-resnet18-cbam-s0                       # onnx, torchscript, safetensors
+  {prog} --run runs/digits-resnet18-cbam-s0 --format onnx --dynamic-batch
+  {prog} --run runs/shapes-csp_n-eca-s0 --half                    # float16 (tolerance 5e-2)
+
+Each file is checked against the eager model (real test images and random input) before it replaces
+<run>/export/; report.json holds the numbers.
+"""
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "tools/export.py") -> int:
+    parser = new_parser(prog, "Export a trained run to ONNX, TorchScript and safetensors, each verified.",
+                        EXPORT_EXAMPLES)
+    parser.add_argument("--run", required=True, help="a run directory made by visattn train")
+    parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default: best)")
+    parser.add_argument("--format", default=",".join(EXPORT_FORMATS),
+                        help=f"comma-separated: {', '.join(EXPORT_FORMATS)} (default: all)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    parser.add_argument("--img-size", type=int, help="input size of the export (default: the run's)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    parser.add_argument("--half", action="store_true", help="float16 weights and inputs (tolerance 5e-2)")
+    args = parser.parse_args(argv)
+    from visattn.export import export_run  # after the flags: --help imports no torch
+
+    report = export_run(args.run, checkpoint=args.checkpoint, formats=args.format, dynamic_batch=args.dynamic_batch,
+                        img_size=args.img_size, opset=args.opset, half=args.half)
+    for fmt, result in report["formats"].items():
+        worst = max(c["max_abs_diff"] for c in result["checks"])
+        if "box_agreement" in result["checks"][0]:
+            agree = f"box agreement {min(c['box_agreement'] for c in result['checks']):.0%}"
+            boxes = sum(c["detections"] for c in result["checks"])
+            agree += f" ({boxes} boxes)  NMS {report['nms'][fmt].split(':')[0]}"
+        else:
+            agree = f"top-1 agreement {min(c['top1_agreement'] for c in result['checks']):.0%}"
+        print(f"{fmt:<12} {result['file']:<22} {result['bytes'] / 1e6:8.2f} MB  max |diff| {worst:.2e}  {agree}  ok")
+    print(f"verified on {'real images and ' if report['real_images'] else ''}random input; "
+          f"report: {report['run']}/export/report.json")
+    print(json.dumps({"tolerance": report["tolerance"], "dynamic_batch": report["dynamic_batch"]}))
+    return 0
