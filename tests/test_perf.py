@@ -379,3 +379,15 @@ def test_out_dir_made_by_a_concurrent_run_is_not_an_error(tmp_path, monkeypatch)
     monkeypatch.setattr(Path, "mkdir", racing_mkdir)
     assert check_out_dir(tmp_path / "sweep" / "runs") == []  # nothing of ours to remove on failure
     assert (tmp_path / "sweep" / "runs").is_dir()
+
+
+def test_amx_bf16_hint_names_the_onednn_bug_only_where_it_applies():
+    from visattn.perf import amx_bf16_hint
+
+    amx = frozenset({"avx512f", "amx_bf16", "amx_tile"})
+    hint = amx_bf16_hint("bf16-mixed", "cpu", flags=amx, environ={})
+    assert "oneDNN#5717" in hint and "--precision 32" in hint and "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in hint
+    assert amx_bf16_hint("32-true", "cpu", flags=amx, environ={}) == ""
+    assert amx_bf16_hint("bf16-mixed", "cuda", flags=amx, environ={}) == ""
+    assert amx_bf16_hint("bf16-mixed", "cpu", flags=frozenset({"avx512_bf16"}), environ={}) == ""
+    assert amx_bf16_hint("bf16-mixed", "cpu", flags=amx, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == ""

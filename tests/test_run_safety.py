@@ -20,9 +20,9 @@ import torch
 from visattn.cli.main import run_cli
 from visattn.cli.train import config_from_args, train_parser
 from visattn.cli.train import main as train_main
-from visattn.config import ConfigError, make_config, save_config
+from visattn.config import ConfigError, make_config
 from visattn.errors import USER_ERRORS
-from visattn.rundir import RUN_MARKER, DirLock
+from visattn.rundir import RUN_MARKER, DirLock, create_marker, save_config
 from visattn.train import ERROR_FILE, prepare, train, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +57,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def fake_run(folder: Path, *, config: bool = True) -> Path:
     """A run directory as training leaves it after a kill (no training needed)."""
     folder.mkdir(parents=True)
-    (folder / RUN_MARKER).write_text("made by visattn\n")
+    run_id = create_marker(folder, RUN_MARKER, made_by="visattn train")
     if config:
-        save_config(tiny(folder.parent, name=folder.name), folder / "config.yaml")
+        save_config(tiny(folder.parent, name=folder.name, run_id=run_id), folder / "config.yaml")
     (folder / "logs").mkdir()
     (folder / "logs" / "notes.txt").write_text("my notes")
     return folder
@@ -112,13 +112,20 @@ def test_overwrite_keeps_the_old_run_when_the_new_set_up_fails(tmp_path, capsys)
 
 
 def test_overwrite_replaces_a_run_killed_before_its_config(tmp_path):
-    run = fake_run(tmp_path / "r", config=False)  # only the marker says it is visattn's
+    run = tmp_path / "r"  # killed while writing config.yaml: a marker and half a temporary file, nothing else
+    run.mkdir()
+    create_marker(run, RUN_MARKER, made_by="visattn train")
+    (run / ".config.yaml.tmp").write_text("task: clas")
     prepared = prepare(tiny(tmp_path, name="r", overwrite=True))
     try:
-        assert not (run / "logs" / "notes.txt").exists()
+        assert not (run / ".config.yaml.tmp").exists()
         assert (run / "config.yaml").is_file() and (run / RUN_MARKER).is_file()
     finally:
         prepared.lock.release()
+    other = fake_run(tmp_path / "other", config=False)  # a marker beside other files, but no config.yaml: unproven
+    with pytest.raises(ConfigError, match="not made by visattn"):
+        prepare(tiny(tmp_path, name="other", overwrite=True))
+    assert (other / "logs" / "notes.txt").read_text() == "my notes"
 
 
 def test_second_training_in_a_live_run_dir_is_refused_with_the_holder(tmp_path):
@@ -223,7 +230,7 @@ def test_bad_last_checkpoint_is_a_clean_error_naming_it(tmp_path, trained, capsy
         checkpoint["state_dict"][key] = torch.zeros(3, 3)
         torch.save(checkpoint, last)
     before = snapshot(run)
-    code, err = cli(["--resume", run], capsys)
+    code, err = cli(["--resume", run, "--epochs", "2"], capsys)  # more epochs: a finished run is not even read
     assert code == 2 and str(last) in err
     assert snapshot(run) == before
 
@@ -243,7 +250,7 @@ def test_malicious_checkpoint_runs_no_code_even_when_the_environment_asks(tmp_pa
     pwned = tmp_path / "pwned"
     torch.save({"state_dict": {}, "x": Payload(pwned)}, run / "checkpoints" / "last.ckpt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    code, err = cli(["--resume", run], capsys)
+    code, err = cli(["--resume", run, "--epochs", "2"], capsys)  # more epochs: a finished run is not even read
     assert code == 2 and "last.ckpt" in err
     assert not pwned.exists()
 

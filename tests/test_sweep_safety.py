@@ -18,6 +18,7 @@ from visattn.config import ConfigError
 from visattn.rundir import DirLock
 from visattn.sweep import make_spec, run_sweep
 from visattn.sweep.execute import is_done, run_error
+from visattn.sweep.grid import check_sweep_file, expand
 from visattn.sweep.run import MARKER, claim_sweep_dir
 
 TRAIN = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 32, "num_workers": 0,
@@ -76,6 +77,8 @@ def test_overwrite_empties_only_a_marked_unlocked_sweep_directory(tmp_path):
     sweep_dir = tmp_path / "out" / "mine"
     with claim_sweep_dir(sweep_dir, overwrite=False) as claim:
         assert (sweep_dir / MARKER).is_file() and claim.created == [tmp_path / "out", sweep_dir]
+        spec = make_spec(TINY, {})
+        check_sweep_file(sweep_dir, spec, expand(spec), sweep_id=claim.sweep_id)  # as run_sweep does first
         claim.started = True
         (sweep_dir / "runs" / "a-s0").mkdir(parents=True)
         (sweep_dir / "runs" / "a-s0" / "metrics.json").write_text("{}")
@@ -87,8 +90,9 @@ def test_overwrite_empties_only_a_marked_unlocked_sweep_directory(tmp_path):
     assert (sweep_dir / "runs" / "a-s0" / "metrics.json").is_file()
     victim = user_folder(tmp_path)
     (sweep_dir / "linked").symlink_to(victim)  # links inside a sweep directory are removed, never followed
-    with claim_sweep_dir(sweep_dir, overwrite=True):
+    with claim_sweep_dir(sweep_dir, overwrite=True) as claim:
         assert sorted(p.name for p in sweep_dir.iterdir()) == [".lock", MARKER]
+        check_sweep_file(sweep_dir, spec, expand(spec), sweep_id=claim.sweep_id)  # as run_sweep does next
     shutil.rmtree(sweep_dir / "runs", ignore_errors=True)
     (sweep_dir / "runs").symlink_to(victim)
     with claim_sweep_dir(sweep_dir, overwrite=True):
@@ -115,7 +119,8 @@ def test_a_failed_start_removes_only_what_it_made(tmp_path, monkeypatch):
 def test_an_older_unmarked_sweep_resumes_but_is_not_overwritten(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
-    (old / "sweep.json").write_text(json.dumps({"format": 1, "spec": {}, "runs": []}))
+    spec = make_spec(TINY, {})
+    check_sweep_file(old, spec, expand(spec))  # as an older visattn wrote it: no marker, no sweep_id
     with pytest.raises(ConfigError, match=MARKER):
         with claim_sweep_dir(old, overwrite=True):
             pass

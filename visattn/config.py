@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -45,7 +46,11 @@ ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 # task, seed, optimiser, precision, trainer arguments) is the run's identity and must match its config.yaml.
 SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
                   "visualize_every", "channels_last", "compile")  # the last two: memory layout and compilation only
-LOCATION_KEYS = ("out", "name", "resume", "overwrite")  # where a run is and how it was reached, not what it is
+LOCATION_KEYS = ("out", "name", "resume", "overwrite", "run_id")  # where a run is and how it was reached, not what
+# it is
+VERIFY_IMAGES = ("quick", "full")  # the up-front scan of image files: headers and checksums, or every pixel decoded
+MAX_YAML_BYTES = 4 << 20  # a config, sweep or data.yaml file; real ones are a few kB
+MAX_YAML_VALUES = 100_000  # values in a YAML document with every alias (*name) expanded: a bomb stops here
 # How inserted blocks start (visattn.layers.gate): "auto" is "identity" with a pretrained file (the network's output
 # is unchanged at step 0), else "paper" (the published block).
 ATTN_INITS = ("auto", "paper", "identity")
@@ -73,6 +78,7 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None  # use only the first N samples of each split
     skip_bad_images: bool = False
+    verify_images: str = "quick"  # "full": decode every pixel of every image up front (VERIFY_IMAGES)
     epochs: int | None = None  # default: by task (TASK_DEFAULTS)
     batch_size: int | None = None  # default: 64 (classify) or 16 (detect)
     lr: float | None = None  # default: by optimiser and task (OPTIMIZER_DEFAULTS)
@@ -101,11 +107,13 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (nn.Module.compile: state-dict keys unchanged)
     trainer: dict[str, Any] = field(default_factory=dict)  # any further lightning.Trainer arguments
     visualize_every: int | None = None
+    run_id: str | None = None  # written by visattn: the random id of the run directory's .visattn-run marker
 
     def run_name(self) -> str:
         if self.name:
             return self.name
-        return f"{self.data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}"
+        # a default name is made a valid folder name (check_name): e.g. an ``at`` glob's brackets
+        return re.sub(r"[^\w.@+=-]", "_", f"{self.data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,17 +150,22 @@ def uses_default_init(attn: Any) -> bool:
 
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+NAME_SIGNS = "._-@+="  # besides letters and digits, what a run or sweep name may hold
 
 
 
 def check_name(name: str, *, what: str = "run") -> str:
-    """A run or sweep name is one path component: it can never point outside ``--out``."""
+    """A run or sweep name is one folder name: letters, digits and ``._-@+=``, not ``.``/``..``, not starting with
+    ``~`` or ``-`` (a shell would read it as a home folder or an option); it can never point outside ``--out``."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{what} name must be a non-empty string, got {name!r}")
-    seps = {"/", os.sep, os.altsep or "/"}
-    if name in (".", "..") or any(s in name for s in seps) or "\0" in name or Path(name).is_absolute():
-        raise ConfigError(f"{what} name {name!r} must be a single folder name (no '/', '..' or absolute path); "
-                          f"use --out to choose the parent folder")
+    bad = sorted({c for c in name if not (c.isalnum() or c in NAME_SIGNS)})
+    if name in (".", "..") or bad or name[0] in "~-":
+        why = (f"it holds {', '.join(repr(c) for c in bad)}" if bad else
+               "it starts with '~' or '-'" if name[0] in "~-" else "it names the folder itself or its parent")
+        raise ConfigError(f"{what} name {name!r} must be a single folder name of letters, digits and "
+                          f"{' '.join(NAME_SIGNS)}, not starting with '~' or '-' ({why}); use --out to choose the "
+                          "parent folder")
     return name
 
 
@@ -193,17 +206,70 @@ def resolve_config(name: str | Path) -> Path:
                       f"{', '.join(short) or 'none (the package has no configs folder)'}")
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Values under ``node`` with every alias expanded (aliases share one node: memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise ConfigError("an alias refers to a value that contains it (a recursive alias)")
+    open_nodes.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes)
+                       for k, v in node.value)
+    else:
+        size = 1
+    open_nodes.discard(key)
+    sizes[key] = size
+    if size > MAX_YAML_VALUES:
+        raise ConfigError(f"it expands to more than {MAX_YAML_VALUES:,} values through its aliases (*name); "
+                          "visattn refuses YAML this large (an alias bomb?)")
+    return size
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand past ``MAX_YAML_VALUES`` values before
+    anything is built from it (a 500-byte alias bomb otherwise costs minutes of CPU and then all memory)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+
+def load_yaml(text: str, *, source: str) -> Any:
+    """``yaml.safe_load`` with bounds: at most ``MAX_YAML_BYTES`` of text and ``MAX_YAML_VALUES`` values after
+    expanding aliases; ConfigError naming ``source`` otherwise (or for invalid YAML)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"YAML file {source} is {len(text) / 1e6:.1f} MB; visattn reads YAML files of at most "
+                          f"{MAX_YAML_BYTES / 1e6:.0f} MB")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"YAML file {source}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"YAML file {source} is nested too deeply") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {source} is not valid YAML: {err}") from err
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file {path} is {size / 1e6:.1f} MB; visattn reads YAML files of at most "
+                          f"{MAX_YAML_BYTES / 1e6:.0f} MB")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
                           "save it as UTF-8") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    values = load_yaml(text, source=str(path)) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
     return values
@@ -213,9 +279,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A YAML scalar/list/mapping from the command line: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``{a: 1}``."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return load_yaml(text, source="the command line")
+    except ConfigError as err:
+        if isinstance(err.__cause__, yaml.YAMLError):
+            return text
+        raise
 
 
 def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -383,10 +451,7 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
         value = getattr(config, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key!r} must be a number, got {value!r}")
-    if config.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {config.lr!r}")
-    if config.weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    check_ranges(config)
     if config.precision not in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"):
         raise ConfigError(f"precision {config.precision!r} not supported; use auto, 32, bf16-mixed or 16-mixed")
     if isinstance(config.attn, str) and "," in config.attn:
@@ -407,9 +472,30 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     return config
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Written to a temporary file, then renamed: a kill never leaves half a config.yaml."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+# (key, low, low excluded, high (always excluded), the range in words): every float a run takes, finite, in range
+RANGES: tuple[tuple[str, float, bool, float, str], ...] = (
+    ("lr", 0.0, True, math.inf, "> 0"),
+    ("weight_decay", 0.0, False, math.inf, ">= 0"),
+    ("momentum", 0.0, False, 1.0, "in [0, 1)"),
+    ("label_smoothing", 0.0, False, 1.0, "in [0, 1)"),
+    ("warmup_epochs", 0.0, False, math.inf, ">= 0"),
+)
+OPTIONAL_COUNTS = {"early_stopping": 1, "visualize_every": 1, "limit": 1, "num_workers": 0}  # None, or >= this
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Every numeric key finite and in its range (NaN fails every comparison, so it is tested first), so that a
+    bad value stops the command before a run directory is touched, not at the first training step."""
+    for key, low, low_excluded, high, allowed in RANGES:
+        value = getattr(config, key)
+        ok = math.isfinite(value) and (value > low if low_excluded else value >= low) and value < high
+        if not ok:
+            raise ConfigError(f"{key} must be a finite number {allowed}, got {value!r}")
+    for key, low in OPTIONAL_COUNTS.items():
+        value = getattr(config, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{key} must be null (off) or an integer >= {low}, got {value!r}")
+    if isinstance(config.seed, bool) or config.seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
+    if config.verify_images not in VERIFY_IMAGES:
+        raise ConfigError(f"verify_images must be one of {', '.join(VERIFY_IMAGES)}, got {config.verify_images!r}")

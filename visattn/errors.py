@@ -45,8 +45,10 @@ class NonFiniteLossError(VisattnError, ValueError):
 
 def error_text(err: BaseException) -> str:
     """The message of ``err`` as one paragraph (a ``KeyError``'s message unquoted)."""
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return " ".join(str(text).split())
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    if text.startswith("Caught ") and "Original Traceback" in text:  # re-raised from a DataLoader worker
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (VisattnError, OSError)

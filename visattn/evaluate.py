@@ -9,7 +9,6 @@ loader, whose images go through the run's eval transform. Classification adds th
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.detection import MeanAveragePrecision
+
+from visattn.rundir import write_figure
 
 SPLITS = ("test", "val")
 
@@ -58,17 +59,34 @@ class ConfusionCallback(L.Callback):
 def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -> tuple[nn.Module, Any, str]:
     """(eval-mode model, its ``ModelSpec``, a label): a run checkpoint read with ``weights_only=True``
     (``visattn.models.read_state_dict``), or an export folder's model.json + model.safetensors."""
-    from visattn.export import ModelSpec, load, load_run
+    from visattn.export import load, load_run
 
     if export is None:
         model, spec = load_run(run_dir, checkpoint=checkpoint)
         return model, spec, f"checkpoint {checkpoint}"
     folder = Path(export)
-    if not (folder / "model.json").is_file():
+    if not (folder / "model.json").exists():
         raise FileNotFoundError(f"--export {folder}: not an export folder (no model.json); exports are made by "
                                 "visattn export")
     model = load(folder)
-    return model, ModelSpec(**json.loads((folder / "model.json").read_text())), f"export {folder}"
+    return model, model.spec, f"export {folder}"
+
+
+def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | Path) -> None:
+    """An export evaluated with a run must be of the run's task and (when the run recorded it) class count."""
+    from visattn.export import read_run_files
+
+    _, metrics = read_run_files(run_dir)
+    classes = metrics.get("num_classes")
+    mismatch = []
+    if spec.task != config.task:
+        mismatch.append(f"task {spec.task!r} vs the run's {config.task!r}")
+    if isinstance(classes, int) and classes != spec.num_classes:
+        mismatch.append(f"{spec.num_classes} classes vs the run's {classes}")
+    if mismatch:
+        raise ValueError(f"--export {export} does not belong to run {run_dir}: {'; '.join(mismatch)} (it holds a "
+                         f"{spec.task} {spec.backbone} model); evaluate an export of this run, or evaluate the run's "
+                         "own checkpoint without --export")
 
 
 def confusion_figure(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> Path | None:
@@ -95,7 +113,7 @@ def confusion_figure(matrix: list[list[int]], class_names: list[str], path: Path
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                         color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -130,6 +148,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     model, spec, weights = load_weights(run_dir, checkpoint=checkpoint, export=export)
+    if export is not None:
+        check_export_fits_run(spec, config, run_dir, export)
     same_data = data is None or data == config.data
     config = dataclasses.replace(
         config, data=config.data if same_data else data, img_size=spec.img_size,

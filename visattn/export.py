@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from visattn.config import DEFAULT_OPSET, EXPORT_FORMATS
@@ -30,6 +29,7 @@ from visattn.errors import ExportError
 from visattn.models.spec import ModelSpec
 from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
+from visattn.rundir import find_checkpoint, read_run_files
 
 MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
 FP32_TOLERANCE = 1e-4
@@ -50,26 +50,11 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
     return items
 
 
-def find_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    else:
-        path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path} in run {run_dir} (train it first, or pass --checkpoint PATH)")
-    return path
-
-
 def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Module, ModelSpec]:
     """The eval-mode model of a run directory and its spec, rebuilt from config.yaml and a checkpoint."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
-    config = yaml.safe_load(config_path.read_text())
+    config, metrics = read_run_files(run_dir)
     state = read_state_dict(find_checkpoint(run_dir, checkpoint))
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     spec = ModelSpec.from_config(config, num_classes=0, in_chans=int(metrics.get("in_chans", 3)),
                                  class_names=metrics.get("class_names") or [])
     head_key = spec.class_weight_key()
@@ -82,19 +67,79 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Modul
     return model.eval(), spec
 
 
+def read_export_values(folder: str | Path) -> dict[str, Any]:
+    """An export folder's model.json, checked: valid JSON of spec keys only, a known task, whole-number sizes,
+    class names matching the class count, and equal to the spec report.json recorded when the export was verified
+    (an edited model.json would silently predict something else). One-line ``ExportError`` otherwise."""
+    from visattn.rundir import read_file
+
+    folder = Path(folder)
+    path = folder / "model.json"
+    try:
+        values = json.loads(read_file(path))
+    except ValueError as err:
+        raise ExportError(f"{path} is not valid JSON ({err}); export the run again") from None
+    fields = set(ModelSpec.__dataclass_fields__)
+    if not isinstance(values, dict) or set(values) - fields:
+        extra = sorted(set(values) - fields) if isinstance(values, dict) else type(values).__name__
+        raise ExportError(f"{path} is not a visattn model spec (unexpected {extra}); export the run again")
+    if values.get("task") not in ("classify", "detect"):
+        raise ExportError(f"{path}: unknown task {values.get('task')!r}; valid tasks: classify, detect")
+    for key in ("num_classes", "img_size", "in_chans"):
+        value = values.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{path}: {key} must be an integer >= 1, got {value!r}")
+    names = values.get("class_names") or []
+    if not isinstance(names, list) or (names and len(names) != values.get("num_classes")):
+        raise ExportError(f"{path}: class_names must list one name per class ({values.get('num_classes')}), got "
+                          f"{names!r}"[:300])
+    report_path = folder / "report.json"
+    if report_path.exists():
+        try:
+            recorded = json.loads(read_file(report_path)).get("spec")
+        except (ValueError, AttributeError) as err:
+            raise ExportError(f"{report_path} is not valid JSON ({err}); export the run again") from None
+        if recorded is not None and recorded != values:
+            differ = sorted(k for k in set(recorded) | set(values) if recorded.get(k) != values.get(k))
+            shown = ", ".join(f"{k} {values.get(k)!r} in model.json, {recorded.get(k)!r} in report.json"
+                              for k in differ[:3])
+            raise ExportError(f"{path} disagrees with {report_path}, which records the spec the export was verified "
+                              f"with ({shown}): it was edited after the export; export the run again")
+    return values
+
+
+def read_export_spec(folder: str | Path) -> ModelSpec:
+    """:func:`read_export_values` as a ``ModelSpec`` (every key needed to rebuild the model)."""
+    values = read_export_values(folder)
+    try:
+        return ModelSpec(**values)
+    except TypeError as err:
+        raise ExportError(f"{Path(folder) / 'model.json'} is not a whole visattn model spec ({err}); export the run "
+                          "again") from None
+
+
 def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
     """Rebuild a model without Lightning: from an ``export/`` folder (model.json + model.safetensors) or a run dir."""
     path = Path(path)
-    if (path / "model.json").is_file():
+    if (path / "model.json").exists():
         from safetensors.torch import load_file
 
-        if not (path / "model.safetensors").is_file():
+        spec = read_export_spec(path)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
             raise FileNotFoundError(f"{path} has no model.safetensors (exported without it); export again with "
                                     "--format safetensors, or load the run directory instead")
-
-        spec = ModelSpec(**json.loads((path / "model.json").read_text()))
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # safetensors' own error type: a truncated or foreign file
+            raise ExportError(f"cannot read {weights} (truncated or not a safetensors file?): {err}") from None
         model = spec.build()
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ExportError(f"{weights} does not match {path / 'model.json'} (weights of another model?): "
+                              f"{detail}") from None
         model.spec = spec
         return model.eval()
     if (path / "config.yaml").is_file():
@@ -350,6 +395,49 @@ def remove_stale_staging(run_dir: Path) -> list[Path]:
     return removed
 
 
+def _checkpoint_identity(path: Path) -> dict[str, Any]:
+    info = path.stat()
+    return {"checkpoint": str(path.resolve()), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def _carry_over(target: Path, staging: Path, report: dict[str, Any], formats: Sequence[str]) -> tuple[list[str],
+                                                                                                    list[str]]:
+    """Keep the previous export's files of the formats not exported now, when they were made from the same
+    checkpoint file with the same spec and settings (as its report.json records); returns (kept files, removed
+    files with the reason). Their report entries are kept with them."""
+    from visattn.rundir import is_regular, read_file
+
+    try:
+        previous = json.loads(read_file(target / "report.json"))
+    except (OSError, ValueError):
+        previous = None
+    others = {}
+    if isinstance(previous, dict) and isinstance(previous.get("formats"), dict):
+        others = {f: e for f, e in previous["formats"].items() if f not in formats and isinstance(e, dict)}
+    elif target.is_dir():  # an export without a (readable) report: its model files cannot be vouched for
+        others = {p.suffix: {"file": p.name} for p in target.iterdir()
+                  if p.name not in ("model.json", "report.json") and p.name.startswith("model.")}
+    kept, removed = [], []
+    new_files = {str(e.get("file")) for e in report["formats"].values()}
+    same_keys = ("spec", "source", "dtype", "dynamic_batch", "opset", "img_size")
+    same = isinstance(previous, dict) and all(previous.get(k) == report.get(k) for k in same_keys)
+    for fmt, entry in others.items():
+        name = str(entry.get("file", ""))
+        source = target / name
+        if not name or "/" in name or name in new_files or not is_regular(source):
+            continue
+        if same and fmt in EXPORT_FORMATS:
+            try:
+                os.link(source, staging / name)
+            except OSError:
+                shutil.copy2(source, staging / name)
+            report["formats"][fmt] = entry
+            kept.append(name)
+        else:
+            removed.append(f"{name} (made from another checkpoint or with other settings)")
+    return kept, removed
+
+
 def export_run(
     run_dir: str | Path,
     *,
@@ -360,7 +448,13 @@ def export_run(
     opset: int = DEFAULT_OPSET,
     half: bool = False,
 ) -> dict[str, Any]:
-    """Export a run's model into ``<run>/export/`` (verified; see the module docstring); returns the report."""
+    """Export a run's model into ``<run>/export/`` (verified; see the module docstring); returns the report.
+
+    Formats not asked for this time are kept from the previous export when they were made from the same checkpoint
+    file with the same spec and settings (report.json records both); otherwise they are removed, and the returned
+    report lists them under ``removed_from_previous`` (``kept_from_previous``: the files kept). ``export/`` is
+    replaced only once the new files have passed their checks.
+    """
     formats = parse_formats(formats)
     run_dir = Path(run_dir)
     if run_dir.is_dir():
@@ -369,7 +463,7 @@ def export_run(
     if img_size is not None:
         model.check_input_size(img_size, img_size)
         spec.img_size = img_size
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config, _ = read_run_files(run_dir)
     images = sample_images(spec, config, 4, spec.img_size)
     target = run_dir / "export"
     staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}@{_host()}-", dir=run_dir))
@@ -377,9 +471,10 @@ def export_run(
         report = export_model(model, spec, staging, formats=formats, dynamic_batch=dynamic_batch, opset=opset,
                               half=half, images=images)
         report.update({"run": str(run_dir), "checkpoint": checkpoint, "opset": opset, "img_size": spec.img_size,
-                       "real_images": images is not None})
-        if "safetensors" not in formats:  # predict.py and load() read the spec beside any exported file
-            (staging / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
+                       "real_images": images is not None, "spec": json.loads(json.dumps(spec.__dict__)),
+                       "source": _checkpoint_identity(find_checkpoint(run_dir, checkpoint))})
+        kept, removed = _carry_over(target, staging, report, formats)
+        (staging / "model.json").write_text(json.dumps(spec.__dict__, indent=2))  # predict/load read it beside any
         (staging / "report.json").write_text(json.dumps(report, indent=2))
         staging.chmod(0o755)  # mkdtemp makes it private
         previous = run_dir / f".export-previous-{staging.name}"
@@ -389,4 +484,4 @@ def export_run(
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return report
+    return {**report, "kept_from_previous": kept, "removed_from_previous": removed}

@@ -169,6 +169,26 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
+def amx_bf16_hint(precision: str, device_type: str, *, flags: frozenset[str] | None = None,
+                  environ: dict[str, str] | None = None) -> str:
+    """A sentence for a non-finite loss under bf16 on a CPU whose oneDNN uses AMX tiles, else ``""``.
+
+    oneDNN's AMX bf16 kernels can leak memory past a row whose reduction length is not a multiple of 32 into
+    other outputs (uxlfoundation/oneDNN#5717, in the oneDNN 3.12 that torch 2.14 ships); small channel counts hit
+    it and a loss can turn NaN without the model being at fault. Capping oneDNN at AVX512-BF16 avoids those kernels.
+    """
+    environ = os.environ if environ is None else environ
+    flags = cpu_flags() if flags is None else flags
+    if device_type != "cpu" or precision_dtype(precision) != "bf16" or "amx_bf16" not in flags:
+        return ""
+    if environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ("", "ALL", "DEFAULT"):
+        return ""
+    return (" This CPU runs bf16 on AMX tiles, whose oneDNN kernels have a known bug that can produce NaN with "
+            "channel counts that are not multiples of 32 (uxlfoundation/oneDNN#5717): if the same run trains "
+            "with --precision 32, or with the environment variable ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, the "
+            "model is not at fault.")
+
+
 def cache_dir() -> Path:
     """Per-user cache folder: ``$XDG_CACHE_HOME/visattn`` or ``~/.cache/visattn``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,73 +11,90 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, pil_to_rgb
+from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, over_pixel_limit, pil_to_rgb
+from visattn.rundir import check_output_dir, check_output_file, claim_output_dir, write_atomic
+
+CLASSIFY_FIELDS = ["image", "class", "index", "probability"]
 
 
 def list_images(folder: str | Path) -> list[Path]:
+    """The image files under ``folder``, sorted; only regular files (a FIFO or device named ``*.png`` would block
+    or never end when read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return files
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """An image file as 8-bit RGB (16-bit grey scaled, 32-bit/float refused: see ``pil_to_rgb``)."""
+    """An image file as 8-bit RGB (16-bit grey scaled, 32-bit/float refused: see ``pil_to_rgb``; over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` refused)."""
     try:
         with Image.open(path) as im:
+            too_big = over_pixel_limit(im)
+            if too_big:
+                raise ValueError(f"cannot decode image {path}: {too_big}")
             im.load()
             return Image.fromarray(pil_to_rgb(im, path))
-    except DataError:
+    except (DataError, ValueError):
         raise
-    except DECODE_ERRORS as err:  # DecompressionBombError: over PIL.Image.MAX_IMAGE_PIXELS
+    except DECODE_ERRORS as err:  # DecompressionBombError: over twice PIL.Image.MAX_IMAGE_PIXELS
         raise ValueError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
 
 
-def check_outputs(*, batch_size: int, out_csv: str | Path | None, save_dir: str | Path | None) -> None:
+def _is_prediction_csv(head: bytes) -> bool:
+    """A CSV that ``predict`` wrote: its first line is one of the two headers it writes."""
+    first = head.split(b"\n", 1)[0].strip().decode("utf-8", errors="replace")
+    return first in (",".join(CLASSIFY_FIELDS), ",".join(DETECTION_FIELDS))
+
+
+def check_outputs(*, batch_size: int, out_csv: str | Path | None, save_dir: str | Path | None,
+                  images: str | Path | None = None) -> None:
     """Refuse a bad ``batch_size``, ``out_csv`` or ``save_dir`` before any model is loaded or image read.
 
-    ``out_csv`` must name a file: an existing directory is refused (give ``DIR/predictions.csv``).
-    Missing parent folders are created when the results are written.
+    ``out_csv`` must name a file (an existing directory or ``DIR/`` is refused: give ``DIR/predictions.csv``)
+    that is not an input and not inside the ``images`` folder, and, if it exists, a CSV predict wrote.
+    ``save_dir`` must not be, hold or be inside ``images``, and must be new, empty, or a folder predict made
+    (its ``.visattn-output`` marker): a user's own files are never overwritten. Missing parent folders are created
+    when the results are written.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
-    for flag, path, want_dir in (("--out", out_csv, False), ("--save-dir", save_dir, True)):
-        if path is None:
-            continue
-        path = Path(path)
-        if not want_dir and (path.is_dir() or str(path).endswith(("/", os.sep))):
-            raise ValueError(f"{flag} {path} is a directory; give a CSV file name, e.g. {path / 'predictions.csv'}")
-        if want_dir and path.exists() and not path.is_dir():
-            raise ValueError(f"{flag} {path} exists and is not a directory")
-        ancestor = path if want_dir and path.is_dir() else path.parent
-        while not ancestor.exists():  # the nearest existing folder must let us create the rest
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise ValueError(f"{flag} {path}: {ancestor} is a file, not a directory")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise ValueError(f"{flag} {path}: directory {ancestor} is not writable")
+    inputs = [images] if images is not None else []
+    if out_csv is not None:
+        check_output_file(out_csv, flag="--out", inputs=inputs, ours=_is_prediction_csv)
+    if save_dir is not None:
+        check_output_dir(save_dir, flag="--save-dir", inputs=inputs)
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
     """Write through a temporary file, so that a failure never leaves a half-written CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def onnx_runner(model_path: Path) -> tuple[Any, int | None]:
     """An onnxruntime session and its fixed batch size (None when the export has a dynamic batch dimension)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    from visattn.export import ExportError
+
+    if not model_path.is_file():
+        raise FileNotFoundError(f"ONNX model {model_path} not found (export it with visattn export --format onnx)")
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...): a truncated/foreign file
+        detail = " ".join(str(err).split())[:300]
+        raise ExportError(f"cannot load ONNX model {model_path} (truncated, corrupt or not an ONNX file?): "
+                          f"{detail}") from None
     batch = session.get_inputs()[0].shape[0]  # an int for a static export, a name ("batch") for a dynamic one
     return session, (batch if isinstance(batch, int) and batch > 0 else None)
 
@@ -124,11 +140,15 @@ def preprocess(path: Path, spec: dict[str, Any]) -> np.ndarray:
 
 
 def read_spec(model_path: Path) -> dict[str, Any]:
+    """The export's model.json, checked (``visattn.export.read_export_values``: valid, and as report.json
+    recorded)."""
+    from visattn.export import read_export_values
+
     folder = model_path if model_path.is_dir() else model_path.parent
-    spec_path = folder / "model.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: predict needs the model.json that tools/export.py writes")
-    return json.loads(spec_path.read_text())
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder / 'model.json'} not found: predict needs the model.json that tools/export.py "
+                                "writes")
+    return read_export_values(folder)
 
 
 def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: int = 16,
@@ -143,7 +163,7 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
     before anything runs. A static-batch ONNX file (the default export) is fed its own batch size at a time.
     """
     model_path = Path(model_path)
-    check_outputs(batch_size=batch_size, out_csv=out_csv, save_dir=save_dir)
+    check_outputs(batch_size=batch_size, out_csv=out_csv, save_dir=save_dir, images=images)
     spec = read_spec(model_path)
     list_images(images)  # a missing or empty folder fails before the model is loaded
     if spec.get("task") == "detect":
@@ -167,13 +187,17 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         logits = run(preprocess_files(chunk, spec))  # (n, classes)
+        if logits.ndim != 2 or logits.shape[1] != len(names):
+            raise ValueError(f"{model_path} gives {tuple(logits.shape)} outputs for {len(chunk)} image(s), but its "
+                             f"model.json says {len(names)} classes: the export's files do not belong together; "
+                             "export the run again")
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         for path, row in zip(chunk, probs, strict=True):
             best = int(row.argmax())
             rows.append({"image": str(path), "class": names[best], "index": best, "probability": float(row[best])})
     if out_csv is not None:
-        write_csv(out_csv, rows, ["image", "class", "index", "probability"])
+        write_csv(out_csv, rows, CLASSIFY_FIELDS)
     return rows
 
 
@@ -252,7 +276,8 @@ def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict
     names = spec.get("class_names") or [str(i) for i in range(spec["num_classes"])]
     size = spec["img_size"]
     mean, std = np.array(spec["mean"], np.float32), np.array(spec["std"], np.float32)
-    save = Path(save_dir) if save_dir is not None else None
+    save = (claim_output_dir(save_dir, flag="--save-dir", made_by="visattn predict", inputs=[images])
+            if save_dir is not None else None)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
@@ -271,7 +296,9 @@ def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict
             if save is not None:
                 target = (save / path.relative_to(root)).with_suffix(".png")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                draw_detections(image, boxes, scores, labels, names).save(target)
+                drawn = io.BytesIO()
+                draw_detections(image, boxes, scores, labels, names).save(drawn, format="PNG")
+                write_atomic(target, drawn.getvalue())  # replaces a link itself, never writes through it
     if out_csv is not None:
         write_csv(out_csv, rows, DETECTION_FIELDS)
     return rows

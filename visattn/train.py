@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -33,12 +32,22 @@ from visattn.config import (
     global_rank,
     make_config,
     read_yaml,
-    save_config,
 )
 from visattn.models.weights import measure_output_change
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
-from visattn.rundir import LOCK, DirLock, check_out_dir, clear_dir, is_run_dir, remove_created, write_marker
+from visattn.rundir import (
+    RUN_MARKER,
+    DirLock,
+    RunFinished,
+    check_tree,
+    claim_run_dir,
+    clear_dir,
+    ensure_marker,
+    finished_metrics,
+    save_config,
+    write_atomic,
+)
 from visattn.tasks.common import (
     AtomicCheckpointIO,
     EpochSummary,
@@ -73,9 +82,8 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    """``payload`` as JSON (non-finite numbers as null), replacing ``path`` only once complete (``rundir``)."""
+    write_atomic(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))
 
 
 @dataclass
@@ -90,83 +98,8 @@ class PreparedRun:
     lock: DirLock | None = None  # held from set-up to the end of fit (None in DDP child processes)
 
 
-@dataclass
-class RunClaim:
-    """What this call took or made in the run directory, so a failed set-up undoes exactly that."""
-
-    run_dir: Path
-    lock: DirLock
-    created_out: list[Path]
-    created_run: bool  # this call made the run directory
-    adopted_empty: bool  # it existed but was empty: clean what we put in, keep the folder
-    existing_run: bool  # it held a run (to be replaced with --overwrite, or resumed)
-
-    def undo(self) -> None:
-        if self.created_run:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        elif self.adopted_empty:
-            clear_dir(self.run_dir, keep=())
-        self.lock.release()
-        remove_created(self.created_out)
-
-
 def run_dir_of(config: TrainConfig) -> Path:
     return Path(config.out) / check_name(config.run_name())
-
-
-def claim_run_dir(config: TrainConfig, run_dir: Path) -> RunClaim:
-    """Create the run directory exclusively, or take an existing one that visattn made; lock it either way.
-
-    Nothing is written into a folder visattn did not make, and nothing is deleted here (``--overwrite`` clears the
-    old run only once the new one has been set up).
-    """
-    if config.resume and config.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; pass one")
-    if config.resume and not run_dir.is_dir():
-        raise ConfigError(f"nothing to resume: run directory {run_dir} does not exist")
-    created_out = check_out_dir(config.out)
-    lock = DirLock(run_dir)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        pass
-    except OSError as err:
-        remove_created(created_out)
-        raise ConfigError(f"cannot create run directory {run_dir}: {err}") from err
-    else:
-        try:
-            lock.acquire()  # a process that raced us to the new folder may hold it: then the folder is theirs
-        except ConfigError:
-            remove_created(created_out)
-            raise
-        write_marker(run_dir)
-        return RunClaim(run_dir, lock, created_out, created_run=True, adopted_empty=False, existing_run=False)
-    try:
-        if not run_dir.is_dir():
-            raise ConfigError(f"run directory {run_dir} exists and is not a folder; choose another --name")
-        ours = is_run_dir(run_dir) or (run_dir / LOCK).is_file()
-        if ours:
-            lock.acquire()  # a live run in it is refused here, with its pid and host
-        content = [p for p in run_dir.iterdir() if p.name != LOCK]
-        if config.resume:
-            if not (run_dir / "config.yaml").is_file():
-                what = "was stopped before its set-up finished" if ours else "is not a visattn run (no config.yaml)"
-                raise ConfigError(f"cannot resume {run_dir}: it {what}; there is nothing to resume")
-        elif content and not config.overwrite:
-            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
-                              "--overwrite to replace it, or --name to choose another")
-        elif content and not ours:
-            raise ConfigError(f"--overwrite refused: {run_dir} was not made by visattn (it has no config.yaml and "
-                              "no .visattn-run marker), so it is not deleted; choose another --name or --out")
-        if not lock.held:
-            lock.acquire()  # an empty folder: adopted
-            write_marker(run_dir)
-    except BaseException:
-        lock.release()
-        remove_created(created_out)
-        raise
-    return RunClaim(run_dir, lock, created_out, created_run=False, adopted_empty=not content,
-                    existing_run=bool(content))
 
 
 def saved_config(run_dir: Path) -> TrainConfig:
@@ -194,9 +127,75 @@ def resume_changes(saved: TrainConfig, config: TrainConfig, *, run_dir: Path) ->
     return changes
 
 
-def load_resume_checkpoint(path: Path, module: L.LightningModule) -> None:
-    """Load ``last.ckpt`` (``weights_only=True``) into the rebuilt module: a truncated, corrupt, unsafe or
-    mismatched file fails here, before anything in the run directory changes."""
+# A key every saved parameter group of an optimiser has, and a per-parameter state every state entry has
+OPTIMIZER_SIGNATURES = {"adamw": ("betas", ("exp_avg", "exp_avg_sq")), "sgd": ("momentum", ("momentum_buffer",))}
+
+
+def check_optimizer_state(path: Path, saved: Any, fresh: torch.optim.Optimizer, name: str) -> None:
+    """Refuse ``last.ckpt``'s optimiser state unless it is this run's optimiser's, over the same parameters: a state
+    of another optimiser would otherwise fail inside ``fit`` (as ``KeyError: 'step'``), after the run had changed."""
+
+    def refuse(detail: str) -> ValueError:
+        return ValueError(f"cannot resume from {path}: its optimiser state does not belong to this run's optimiser "
+                          f"{name!r} over this model ({detail}); nothing was changed. Start again with --overwrite, "
+                          "or resume with the optimiser the run was trained with")
+
+    if not isinstance(saved, list) or len(saved) != 1 or not isinstance(saved[0], Mapping):
+        raise refuse(f"{len(saved) if isinstance(saved, list) else 'no'} optimiser state(s) where 1 is expected")
+    state, groups = saved[0].get("state"), saved[0].get("param_groups")
+    if not isinstance(state, Mapping) or not isinstance(groups, list) or not all(isinstance(g, Mapping)
+                                                                                 for g in groups):
+        raise refuse("no state and param_groups")
+    fresh_groups = fresh.param_groups
+    sizes, fresh_sizes = [len(g.get("params", ())) for g in groups], [len(g["params"]) for g in fresh_groups]
+    if sizes != fresh_sizes:
+        raise refuse(f"parameter groups of {sizes} parameters, this model's of {fresh_sizes}")
+    group_key, state_keys = OPTIMIZER_SIGNATURES[name]
+    others = sorted(other for other, (key, _) in OPTIMIZER_SIGNATURES.items() if other != name and key in groups[0])
+    if group_key not in groups[0] or others:
+        kind = f"an {' or '.join(others)} state" if others else f"no {group_key!r} setting"
+        raise refuse(f"its parameter groups hold {kind}")
+    for group, fresh_group in zip(groups, fresh_groups, strict=True):
+        for index, param in zip(group["params"], fresh_group["params"], strict=True):
+            entry = state.get(index)
+            if entry is None:
+                continue
+            if not isinstance(entry, Mapping) or not all(key in entry for key in state_keys):
+                found = sorted(entry) if isinstance(entry, Mapping) else type(entry).__name__
+                raise refuse(f"parameter state with {found}, not {list(state_keys)}")
+            for key in state_keys:
+                if isinstance(entry[key], torch.Tensor) and entry[key].shape != param.shape:
+                    raise refuse(f"{key} of shape {tuple(entry[key].shape)} for a parameter of shape "
+                                 f"{tuple(param.shape)}")
+
+
+def make_run_optimizer(module: L.LightningModule, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``fit`` will build, made now so that a value torch refuses stops the set-up, not the run."""
+    from visattn.tasks.common import make_optimizer
+
+    try:
+        return make_optimizer(module.model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                              momentum=config.momentum)
+    except ValueError as err:
+        raise ConfigError(f"the optimiser {config.optimizer!r} refused the settings: {err}") from err
+
+
+def check_batch_norm(module: L.LightningModule, config: TrainConfig) -> None:
+    """BatchNorm cannot train on a batch of one image (torch stops at the first step with its own message)."""
+    if config.batch_size >= 2:
+        return
+    norms = [name for name, layer in module.model.named_modules()
+             if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise ConfigError(f"batch_size 1 cannot train {config.backbone}: its BatchNorm layers ({norms[0]} and "
+                          f"{len(norms) - 1} more) need at least 2 images per training batch; use --batch-size 2 "
+                          "or more")
+
+
+def load_resume_checkpoint(path: Path, module: L.LightningModule, optimizer: torch.optim.Optimizer,
+                           config: TrainConfig) -> None:
+    """Load ``last.ckpt`` (``weights_only=True``) into the rebuilt module and check its optimiser state: a
+    truncated, corrupt, unsafe or mismatched file fails here, before anything in the run directory changes."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -212,6 +211,7 @@ def load_resume_checkpoint(path: Path, module: L.LightningModule) -> None:
         detail = " ".join(str(err).split())[:400]
         raise ValueError(f"cannot resume from {path}: it does not fit the model of the run's config.yaml "
                          f"({detail})") from err
+    check_optimizer_state(path, checkpoint.get("optimizer_states"), optimizer, config.optimizer)
 
 
 def training_module(config: TrainConfig, datamodule: Any) -> L.LightningModule:
@@ -294,7 +294,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         loggers.append(TensorBoardLogger(run_dir, name="tb", version=""))
     except ImportError:
         pass
-    progress = sys.stdout.isatty()
+    progress = sys.stdout is not None and sys.stdout.isatty()  # None: started with stdout closed
     if progress:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -323,8 +323,9 @@ def prepare(config: TrainConfig) -> PreparedRun:
     """Everything before the first step; every user error surfaces here, before any training.
 
     All or nothing: the run directory changes (``--overwrite`` clearing, log rotation, config.yaml) only after the
-    data, the model, the trainer and, for a resume, the checkpoint have all been set up; a failure removes only
-    what this call created. The directory stays locked until ``fit`` ends.
+    data, the model, the optimiser, the trainer and, for a resume, the checkpoint have all been set up; a failure
+    removes only what this call created. The directory stays locked until ``fit`` ends. ``--resume`` of a finished
+    run whose ``epochs`` was not raised raises ``RunFinished`` and changes nothing.
     """
     quiet_lightning()  # every run, also a sweep's and a library call's
     run_dir = run_dir_of(config)
@@ -332,30 +333,39 @@ def prepare(config: TrainConfig) -> PreparedRun:
     # a resumed model takes every weight from last.ckpt: the pretrained file need not exist any more
     build_config = dataclasses.replace(config, pretrained=None) if config.resume else config
     if is_launched_child():  # DDP processes started by rank 0, which owns the directory
+        done = finished_metrics(run_dir) if config.resume else None
+        if done is not None and config.epochs <= done["epochs"]:
+            raise RunFinished(run_dir, done, config.epochs)  # rank 0 does not train it either
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config)
         module = training_module(build_config, datamodule)
         resume_from = last if config.resume and last.is_file() else None
         trainer, throughput = build_trainer(config, run_dir, resuming=resume_from is not None)
         return PreparedRun(config, run_dir, datamodule, module, trainer, throughput, resume_from)
-    claim = claim_run_dir(config, run_dir)
+    claim = claim_run_dir(run_dir, out=config.out, resume=config.resume, overwrite=config.overwrite)
     try:
         changes: dict[str, tuple[Any, Any]] = {}
         if config.resume:
+            check_tree(run_dir)  # no link or FIFO among its checkpoints, logs and metrics
             changes = resume_changes(saved_config(run_dir), config, run_dir=run_dir)
+            done = finished_metrics(run_dir)
+            if done is not None and config.epochs <= done["epochs"]:
+                raise RunFinished(run_dir, done, config.epochs)
             if not last.is_file():
                 raise ConfigError(f"cannot resume {run_dir}: {last} does not exist (the run stopped before its "
                                   "first checkpoint); start it again with --overwrite")
         L.seed_everything(config.seed, workers=True, verbose=False)
         datamodule = build_datamodule(config)
         module = training_module(build_config, datamodule)
+        check_batch_norm(module, config)
+        optimizer = make_run_optimizer(module, config)
         if config.resume:
-            load_resume_checkpoint(last, module)
+            load_resume_checkpoint(last, module, optimizer, config)
         trainer, throughput = build_trainer(config, run_dir, resuming=config.resume)
         # set-up succeeded: only from here on does the directory change
         if config.overwrite and claim.existing_run:
             clear_dir(run_dir)
-            write_marker(run_dir)
+        config = dataclasses.replace(config, run_id=ensure_marker(run_dir, RUN_MARKER))  # config.yaml repeats it
         if config.resume:
             keep_previous_logs(run_dir)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
@@ -451,11 +461,11 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
                           for key, value in values.items() if key in ("acc", "map"))
         if shown and prepared.resume_from is None:
             print(f"visattn: before training (step 0): {shown}", file=sys.stderr)
-    start = time.perf_counter()
+    prepared.throughput.begin_part(time.perf_counter())
     # weights_only=True explicitly: the environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) cannot turn on code loading
     trainer.fit(module, datamodule=prepared.datamodule,
                 ckpt_path=str(prepared.resume_from) if prepared.resume_from else None, weights_only=True)
-    train_time = time.perf_counter() - start
+    train_time = prepared.throughput.train_time(time.perf_counter())  # all parts of a resumed run
     best = prepared.run_dir / CHECKPOINTS / "best.ckpt"
     test_results = trainer.test(module, datamodule=prepared.datamodule,
                                 ckpt_path=str(best) if best.is_file() else None, verbose=False, weights_only=True)
@@ -511,5 +521,10 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Prepare and fit one run; the library entry point behind ``tools/train.py``."""
-    return fit(prepare(config))
+    """Prepare and fit one run; the library entry point behind ``tools/train.py``. A finished run (``--resume``
+    without more epochs) is left as it is and its metrics.json returned."""
+    try:
+        prepared = prepare(config)
+    except RunFinished as done:
+        return done.metrics
+    return fit(prepared)

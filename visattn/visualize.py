@@ -25,12 +25,13 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: 
 
 
 def read_run_config(run_dir: str | Path) -> Any:
-    from visattn.config import make_config, read_yaml
+    from visattn.config import FIELDS, held_notices, make_config
+    from visattn.export import read_run_files
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
-    return make_config(read_yaml(path), {}, source=str(path))
+    values, _ = read_run_files(Path(run_dir))
+    with held_notices():  # the run's own settings: no "default chosen" notes
+        return make_config({}, {k: v for k, v in values.items() if k in FIELDS}, source=str(Path(run_dir) /
+                                                                                            "config.yaml"))
 
 
 def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
@@ -59,7 +60,7 @@ def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndar
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:n]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())[:n]
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     files, resize = image_files(paths, np.zeros(len(paths), np.int64), img_size=size), eval_resize(size)
@@ -84,12 +85,15 @@ def visualize_run(
     Default ``out``: ``<run>/figures/<checkpoint>`` (``untrained`` for the fresh model). Returns the PNG paths,
     ``index.png`` first.
     """
+    from visattn.rundir import check_output_dir, claim_output_dir
     from visattn.viz.figures import write_figures
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
     out = Path(out) if out is not None else Path(run_dir) / "figures" / ("untrained" if untrained else checkpoint)
+    inputs = [images_dir] if images_dir is not None else []
+    check_output_dir(out, flag="--out", inputs=inputs)  # before any work: never a user's folder or the inputs
+    model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
     if images_dir is not None:
         images, _ = read_image_folder(images_dir, size=spec.img_size, n=n)
         boxes = labels = None
@@ -97,6 +101,7 @@ def visualize_run(
     else:
         raw = run_datamodule(run_dir, data=data).raw_samples(split, n)
         images, boxes, labels, class_names = raw.images, raw.boxes, raw.labels, raw.class_names
+    claim_output_dir(out, flag="--out", made_by="visattn visualize", inputs=inputs)
     return write_figures(model, images, mean=spec.mean, std=spec.std, out_dir=out, pattern=pattern, boxes=boxes,
                          labels=labels, class_names=class_names)
 

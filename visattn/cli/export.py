@@ -15,7 +15,8 @@ examples:
   {prog} --run runs/shapes-csp_n-eca-s0 --half                    # float16 (tolerance 5e-2)
 
 Each file is checked against the eager model (real test images and random input) before it replaces
-<run>/export/; report.json holds the numbers.
+<run>/export/; report.json holds the numbers. Formats not asked for are kept from the previous export when
+it came from the same checkpoint file with the same settings, and removed (the command says so) otherwise.
 """
 
 
@@ -44,6 +45,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tools/export.py") ->
         else:
             agree = f"top-1 agreement {min(c['top1_agreement'] for c in result['checks']):.0%}"
         print(f"{fmt:<12} {result['file']:<22} {result['bytes'] / 1e6:8.2f} MB  max |diff| {worst:.2e}  {agree}  ok")
+    for name in report.get("kept_from_previous", []):
+        print(f"{name}: kept from the previous export (same checkpoint file and settings)")
+    for item in report.get("removed_from_previous", []):
+        print(f"{item.split(' ', 1)[0]}: the previous export's file was removed {item.split(' ', 1)[1]}; export "
+              "that format again to remake it")
     print(f"verified on {'real images and ' if report['real_images'] else ''}random input; "
           f"report: {report['run']}/export/report.json")
     print(json.dumps({"tolerance": report["tolerance"], "dynamic_batch": report["dynamic_batch"]}))

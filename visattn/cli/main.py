@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -34,9 +35,25 @@ def new_parser(prog: str, description: str, epilog: str = "") -> argparse.Argume
     return parser
 
 
+def ensure_std_streams() -> None:
+    """Give a closed stdin/stdout/stderr (``>&-``) /dev/null, so that printing works and no file the command opens
+    later (a lock, a checkpoint) becomes descriptor 1 or 2 and receives another library's output."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; a user error prints one paragraph and exits 2 instead of a traceback (anything else is a bug
     and keeps its traceback)."""
+    ensure_std_streams()
     try:
         code = main()
     except USER_ERRORS as err:

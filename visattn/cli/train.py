@@ -119,7 +119,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--overwrite", action="store_true", default=None,
         help="replace an existing run directory (only one that visattn made)")
     add("--limit", type=int, help="use only the first N samples of each split (quick checks)")
-    add("--skip-bad-images", action="store_true", default=None, help="skip undecodable images and count them")
+    add("--skip-bad-images", action="store_true", default=None,
+        help="skip undecodable images and count them, also ones that fail only during training")
+    add("--verify-images", choices=["quick", "full"], help="the up-front scan of image files: quick (headers, "
+                                                           "checksums, truncation) or full (every pixel decoded) "
+                                                           f"(default: {base.verify_images})")
     add("--num-workers", type=int, help="data loader workers (default: one per spare core, at most 2)")
     add("--accelerator", help=f"auto | cpu | gpu | ... (default: {base.accelerator})")
     add("--devices", help=f"auto | N | list, as lightning.Trainer takes (default: {base.devices})")
@@ -214,9 +218,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> 
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    from visattn.train import fit, prepare  # after the flags: --help and --print-config import no torch
+    from visattn.rundir import RunFinished  # after the flags: --help and --print-config import no torch
+    from visattn.train import fit, prepare
 
-    prepared = prepare(config)
+    try:
+        prepared = prepare(config)
+    except RunFinished as done:
+        print(f"visattn: {done}")
+        test = ", ".join(f"{k}={v:.4f}" for k, v in (done.metrics.get("test") or {}).items()
+                         if isinstance(v, (int, float)))
+        print(f"run: {done.run_dir}\ntest: {test}")
+        return 0
     for line in notices:
         print(line, file=sys.stderr)
     metrics = fit(prepared)

@@ -154,6 +154,21 @@ def pil_to_rgb(image: Image.Image, path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def over_pixel_limit(image: Image.Image) -> str | None:
+    """Why an opened image is over ``PIL.Image.MAX_IMAGE_PIXELS``, or None.
+
+    PIL itself raises ``DecompressionBombError`` only above twice the limit and merely warns between once and
+    twice; visattn refuses everything above the limit itself, as its README says. ``MAX_IMAGE_PIXELS = None``
+    turns the check off, as in PIL.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit is not None and pixels > limit:
+        return (f"{image.width}x{image.height} = {pixels:,} pixels, over PIL.Image.MAX_IMAGE_PIXELS ({limit:,}); "
+                "raise that limit in Python if the image is meant to be this large")
+    return None
+
+
 def jpeg_truncated(path: Path) -> str | None:
     """Why a JPEG file is cut short, or None (also for other formats).
 

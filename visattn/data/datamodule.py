@@ -37,7 +37,7 @@ from visattn.data.transforms import (
 from visattn.registry import DATASETS, keyword_names
 
 # Arguments of the data module that go to a data set's loader only when that loader declares them.
-_SHARED = ("data_dir", "val_ratio", "test_ratio", "skip_bad_images")
+_SHARED = ("data_dir", "val_ratio", "test_ratio", "skip_bad_images", "verify_images")
 PRE_RESIZE_BUDGET = 1 << 30  # bytes: in-memory sets are resized once to img_size when they fit in this
 
 
@@ -68,10 +68,11 @@ class RawSamples:
 
 
 def image_files(paths: Sequence[Path], labels: np.ndarray, *, img_size: int,
-                transform: Any = None) -> ImageFileDataset:
+                transform: Any = None, skip_bad: bool = False) -> ImageFileDataset:
     """Image files decoded as every split (and ``visattn predict``) decodes them: JPEGs DCT-downscaled while
-    decoding to no less than 2 x ``img_size`` (PIL draft), then ``transform``."""
-    return ImageFileDataset(paths, labels, transform, draft_size=2 * img_size)
+    decoding to no less than 2 x ``img_size`` (PIL draft), then ``transform``; ``skip_bad``: see
+    ``ImageFileDataset``."""
+    return ImageFileDataset(paths, labels, transform, draft_size=2 * img_size, skip_bad=skip_bad)
 
 
 EVAL_BATCH_FACTOR = 2  # validation/test batch = 2 x the training batch
@@ -120,6 +121,7 @@ class ClassificationDataModule(L.LightningDataModule):
         val_ratio: float | None = None,
         test_ratio: float | None = None,
         dataset_options: Mapping[str, Any] | None = None,
+        verify_images: str = "quick",
     ) -> None:
         super().__init__()
         try:
@@ -132,6 +134,9 @@ class ClassificationDataModule(L.LightningDataModule):
         accepted = keyword_names(self._loader_fn)
         shared = {"data_dir": data_dir, "val_ratio": val_ratio, "test_ratio": test_ratio}
         shared["skip_bad_images"] = skip_bad_images or None
+        check(verify_images in ("quick", "full"), owner, "verify_images", "'quick' or 'full'", verify_images)
+        if "verify_images" in accepted:  # in-memory data sets have no files to scan: nothing to verify there
+            shared["verify_images"] = verify_images
         for arg, value in shared.items():
             if value is not None and arg not in accepted:
                 takes = [a for a in _SHARED if a in accepted]
@@ -149,6 +154,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         self.augment = resolve_augment(augment)
         self.limit = limit
+        self.skip_bad_images = skip_bad_images
         self._source: DataSource | None = None
         self._datasets: dict[str, Dataset] = {}
 
@@ -182,7 +188,7 @@ class ClassificationDataModule(L.LightningDataModule):
             if isinstance(ds, ArrayDataset) and resized_bytes <= PRE_RESIZE_BUDGET:
                 ds = ds.subset(self.limit).resized(size)  # once, so per-sample work stays minimal
             elif isinstance(ds, ImageFileDataset):
-                ds = image_files(ds.paths, ds.labels, img_size=size).subset(self.limit)
+                ds = image_files(ds.paths, ds.labels, img_size=size, skip_bad=self.skip_bad_images).subset(self.limit)
             else:
                 ds = ds.subset(self.limit)
             self._datasets[split] = ds.with_transform(train_tf if split == "train" else eval_tf)
@@ -209,8 +215,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     @property
     def skipped_images(self) -> int:
-        """How many undecodable files were left out (``skip_bad_images=True``)."""
-        return len(self._load().skipped)
+        """How many undecodable files were left out (``skip_bad_images=True``): by the up-front scan, and while
+        loading (images the scan passed that then failed to decode)."""
+        later = sum(getattr(d, "bad_count", 0) for d in self._datasets.values())
+        return len(self._load().skipped) + later
 
     # ------------------------------------------------------------ dataloaders
     def _dataloader(self, split: str) -> DataLoader:

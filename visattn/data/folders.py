@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from visattn.data.base import (
     apply_transform,
     check,
     jpeg_truncated,
+    over_pixel_limit,
     pil_to_rgb,
     stratified_split,
 )
@@ -35,7 +38,12 @@ LAYOUT = (
 
 
 class ImageFileDataset(Dataset):
-    """Images decoded with PIL on access to RGB uint8 HWC; ``draft_size`` lets JPEGs decode smaller."""
+    """Images decoded with PIL on access to RGB uint8 HWC; ``draft_size`` lets JPEGs decode smaller.
+
+    ``skip_bad``: an image that fails to decode when it is loaded (one the up-front scan passed, e.g. a PNG with
+    valid checksums but corrupt pixel data) is skipped: the next decodable image of the split (with its label)
+    takes its place in the batch, and it is counted in ``bad_count`` (shared with loader worker processes).
+    """
 
     boxes = None
 
@@ -46,20 +54,32 @@ class ImageFileDataset(Dataset):
         transform: Transform | None = None,
         *,
         draft_size: int | None = None,
+        skip_bad: bool = False,
     ) -> None:
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
         self.draft_size = draft_size
+        self.skip_bad = skip_bad
+        # one flag per image in shared memory: loader workers forked (or spawned) from here mark what failed
+        self._bad = multiprocessing.RawArray("b", len(self.paths)) if skip_bad and self.paths else None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def bad_count(self) -> int:
+        """Images skipped so far because they failed to decode when loaded (``skip_bad``)."""
+        return int(sum(self._bad)) if self._bad is not None else 0
 
     def raw(self, index: int) -> np.ndarray:
         """The decoded image as uint8 (H, W, 3), without any transform."""
         path = self.paths[index]
         try:
             with Image.open(path) as im:
+                too_big = over_pixel_limit(im)
+                if too_big:
+                    raise DataError(f"cannot decode image file {path}: {too_big}.")
                 if self.draft_size is not None:
                     im.draft("RGB", (self.draft_size, self.draft_size))  # JPEG: DCT downscale; else no-op
                 im.load()
@@ -69,18 +89,37 @@ class ImageFileDataset(Dataset):
         except DECODE_ERRORS as err:
             raise DataError(f"cannot decode image file {path} ({type(err).__name__}: {err}).") from None
 
+    def _load(self, index: int) -> tuple[np.ndarray, int]:
+        """(image, label) of ``index``, or with ``skip_bad`` of the next image that decodes."""
+        if self._bad is None:
+            return self.raw(index), int(self.labels[index])
+        for step in range(len(self)):
+            k = (index + step) % len(self)
+            if self._bad[k]:
+                continue
+            try:
+                return self.raw(k), int(self.labels[k])
+            except DataError as err:
+                self._bad[k] = 1
+                warnings.warn(f"skipped an image that failed to decode while loading (--skip-bad-images): {err}",
+                              stacklevel=2)
+        raise DataError(f"every image of this split failed to decode, e.g. {self.paths[index]}.")
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        return apply_transform(self.transform, self.raw(index), seed), int(self.labels[index])
+        image, label = self._load(index)
+        return apply_transform(self.transform, image, seed), label
 
     def subset(self, n: int | None) -> ImageFileDataset:
         """The first ``n`` samples (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
-        return ImageFileDataset(self.paths[:n], self.labels[:n], self.transform, draft_size=self.draft_size)
+        return ImageFileDataset(self.paths[:n], self.labels[:n], self.transform, draft_size=self.draft_size,
+                                skip_bad=self.skip_bad)
 
     def with_transform(self, transform: Transform | None) -> ImageFileDataset:
-        return ImageFileDataset(self.paths, self.labels, transform, draft_size=self.draft_size)
+        return ImageFileDataset(self.paths, self.labels, transform, draft_size=self.draft_size,
+                                skip_bad=self.skip_bad)
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -107,19 +146,25 @@ def _scan(tree: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _is_decodable(path: Path) -> tuple[bool, str]:
+def _is_decodable(path: Path, *, full: bool = False) -> tuple[bool, str]:
     """Will ``ImageFileDataset`` decode this file? Checked up front so that training never meets a bad file.
 
     ``verify`` alone passes a truncated JPEG (it does not read the pixel data). Full decoding finds it
     but costs ~2 ms per ImageNet-sized JPEG, so a JPEG is decoded only when it lacks its end marker
-    (``jpeg_truncated``); a PNG's ``verify`` already checks every chunk up to IEND; other formats are
-    decoded. Opening raises ``DecompressionBombError`` for images over ``PIL.Image.MAX_IMAGE_PIXELS``;
-    32-bit and float images are refused (see ``pil_to_rgb``).
+    (``jpeg_truncated``); a PNG's ``verify`` checks every chunk's checksum up to IEND (not that the pixel
+    data inflates: ``full`` decodes every image, ``--verify-images full``); other formats are decoded.
+    Images over ``PIL.Image.MAX_IMAGE_PIXELS`` and 32-bit and float images are refused (see ``pil_to_rgb``).
     """
     try:
         with Image.open(path) as im:
+            too_big = over_pixel_limit(im)
+            if too_big:
+                return False, too_big
             if im.mode in UNSUPPORTED_MODES:
                 return False, f"{UNSUPPORTED_MODES[im.mode]} pixels (PIL mode {im.mode}) are not supported"
+            if full:
+                im.load()
+                return True, ""
             if im.format == "JPEG":
                 why = jpeg_truncated(path)
                 return why is None, why or ""
@@ -145,14 +190,16 @@ def load_image_folder(
     val_ratio: float = 0.15,
     test_ratio: float = 0.15,
     skip_bad_images: bool = False,
+    verify_images: str = "quick",
 ) -> DataSource:
     """Scan, verify and split an image folder; missing ``val/``/``test/`` trees are carved from train.
 
     The carve is stratified and fixed (``SPLIT_SEED``). Every file is checked up front (``_is_decodable``:
-    truncated, over PIL's pixel limit, 32-bit/float); a bad one raises naming it, or is skipped and counted
-    when ``skip_bad_images``.
+    truncated, over PIL's pixel limit, 32-bit/float; every pixel decoded with ``verify_images="full"``); a bad one
+    raises naming it, or is skipped and counted when ``skip_bad_images``.
     """
     owner = "imagefolder"
+    check(verify_images in ("quick", "full"), owner, "verify_images", "'quick' or 'full'", verify_images)
     ok = isinstance(val_ratio, (int, float)) and 0 <= val_ratio < 1
     check(ok, owner, "val_ratio", "in [0, 1)", val_ratio)
     ok = isinstance(test_ratio, (int, float)) and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1
@@ -196,7 +243,7 @@ def load_image_folder(
         for name in tree:
             keep = []
             for path in tree[name]:
-                ok, why = _is_decodable(path)
+                ok, why = _is_decodable(path, full=verify_images == "full")
                 if ok:
                     keep.append(path)
                 else:

@@ -113,11 +113,12 @@ def read_status(sweep_dir: Path, run_id: str) -> dict[str, Any] | None:
 
 
 def write_status(sweep_dir: Path, outcome: Outcome) -> None:
+    from visattn.rundir import write_atomic
+
     folder = sweep_dir / "status"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{outcome.run_id}.tmp"
-    tmp.write_text(json.dumps({**asdict(outcome), "finished_at": time.time()}, indent=2))
-    tmp.replace(folder / f"{outcome.run_id}.json")
+    write_atomic(folder / f"{outcome.run_id}.json", json.dumps({**asdict(outcome), "finished_at": time.time()},
+                                                                indent=2))
 
 
 def launch_values(values: dict[str, Any], sweep_dir: Path, run_id: str) -> dict[str, Any]:

@@ -324,14 +324,17 @@ def check_grid(plans: Sequence[RunPlan]) -> None:
         raise ConfigError(f"the sweep grid has {len(problems)} problem(s), so nothing was run: {' '.join(items)}")
 
 
-def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan]) -> list[str]:
-    """Write ``sweep.json``; returns the run ids this grid adds to the one already there (more seeds or more
-    configurations, every earlier run unchanged), and refuses a grid that drops or changes an earlier run."""
+def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, sweep_id: str = "") -> list[str]:
+    """Write ``sweep.json`` (with ``sweep_id``, the id of the directory's marker); returns the run ids this grid adds
+    to the one already there (more seeds or more configurations, every earlier run unchanged), and refuses a grid
+    that drops or changes an earlier run."""
+    from visattn.rundir import read_file, write_atomic
+
     path = sweep_dir / "sweep.json"
     new = json.loads(json.dumps({p.run_id: p.values for p in plans}))
     added: list[str] = []
-    if path.is_file():
-        old_plans = json.loads(path.read_text()).get("runs", [])
+    if path.exists():
+        old_plans = json.loads(read_file(path)).get("runs", [])
         old = {p["run_id"]: p["values"] for p in old_plans}
         only_old = sorted(set(old) - set(new))
         changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
@@ -346,15 +349,17 @@ def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan]) -> 
         added = [run_id for run_id in new if run_id not in old]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "metric": spec.metric_name, "spec": asdict(spec), "runs": [p.to_dict() for p in plans]}
-    tmp = path.with_name(".sweep.json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    if sweep_id:
+        payload["sweep_id"] = sweep_id
+    write_atomic(path, json.dumps(payload, indent=2))
     return added
 
 
 def read_sweep_file(sweep_dir: Path) -> tuple[SweepSpec, list[RunPlan]]:
+    from visattn.rundir import read_file
+
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); tools/sweep.py makes them")
-    payload = json.loads(path.read_text())
+    payload = json.loads(read_file(path))
     return SweepSpec(**payload["spec"]), [RunPlan(**p) for p in payload["runs"]]

@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from visattn.rundir import write_figure
 from visattn.sweep.report import ConfigSummary, RunResult, best_at_end, lr_curve, metric_scale, val_curve
 from visattn.sweep.stats import higher_is_better, is_bounded, val_key
 
@@ -148,7 +149,7 @@ def metric_vs_macs(rows: list[ConfigSummary], path: Path, metric: str) -> None:
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, 0.0), min(high, 100.0 if scale == 100 else 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -186,7 +187,7 @@ def metric_per_block(rows: list[ConfigSummary], path: Path, metric: str) -> None
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, 0.0), min(high, 100.0 if scale == 100 else 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -241,7 +242,7 @@ def curves(results: list[RunResult], sweep_dir: Path, path: Path, metric: str) -
     if per_config:
         ax.legend(handles=handles, fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -14,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from visattn.models.spec import ModelSpec
 from visattn.perf import cpu_model
+from visattn.rundir import read_run_files, write_atomic
 from visattn.sweep.execute import read_status, run_dir_of
 from visattn.sweep.grid import RunPlan
 from visattn.sweep.stats import (
@@ -165,16 +165,17 @@ def write_results_csv(results: list[RunResult], path: Path, metric: str) -> None
     columns = ["run_id", "config", "kind", "backbone", "attn", *keys, "seed", "metric_name", "metric",
                "ci95_low", "ci95_high", "test_size", "test_is_val", "collapsed", "collapse_reason", "params",
                "macs", "train_time_s", "throughput_img_s", "status", "error"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for r in results:
-            p, (low, high) = r.plan, r.interval or (None, None)
-            writer.writerow([p.run_id, p.config, p.kind, p.backbone, p.attn, *[p.hparams.get(k, "") for k in keys],
-                             p.seed, metric, "" if r.metric is None else repr(r.metric), _blank(low), _blank(high),
-                             _blank(r.test_size), r.test_is_val if r.status == "ok" else "",
-                             r.collapsed if r.status == "ok" else "", r.collapse_reason, _blank(r.params),
-                             _blank(r.macs), _blank(r.train_time_s), _blank(r.throughput), r.status, r.error])
+    handle = io.StringIO(newline="")  # then written whole, atomically
+    writer = csv.writer(handle)
+    writer.writerow(columns)
+    for r in results:
+        p, (low, high) = r.plan, r.interval or (None, None)
+        writer.writerow([p.run_id, p.config, p.kind, p.backbone, p.attn, *[p.hparams.get(k, "") for k in keys],
+                         p.seed, metric, "" if r.metric is None else repr(r.metric), _blank(low), _blank(high),
+                         _blank(r.test_size), r.test_is_val if r.status == "ok" else "",
+                         r.collapsed if r.status == "ok" else "", r.collapse_reason, _blank(r.params),
+                         _blank(r.macs), _blank(r.train_time_s), _blank(r.throughput), r.status, r.error])
+    write_atomic(path, handle.getvalue())
 
 
 def _blank(value: Any) -> Any:
@@ -530,7 +531,7 @@ def write_summary_md(rows: list[ConfigSummary], results: list[RunResult], path: 
     if plots:
         lines += ["## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
     text = "\n".join(lines)
-    path.write_text(text)
+    write_atomic(path, text)
     return text
 
 
@@ -553,8 +554,7 @@ def print_table(rows: list[ConfigSummary], metric: str, *, title: str) -> None:
 
 def rebuild_model(run_dir: Path) -> tuple[Any, tuple[int, int, int, int]]:
     """The architecture of a finished run (weights do not matter for timing) and its batch-1 input size."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config, metrics = read_run_files(run_dir)
     spec = ModelSpec.from_config(config, num_classes=int(metrics["num_classes"]),
                                  in_chans=int(metrics.get("in_chans", 3)))  # older runs did not record in_chans
     return spec.build(), (1, spec.in_chans, spec.img_size, spec.img_size)
@@ -677,5 +677,5 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int
     out.update({config: statistics.median(values) for config, values in medians.items()})
     if ort:
         info["ort"]["ms"].update({config: statistics.median(v) for config, v in ort_medians.items() if v})
-    path.write_text(json.dumps({"_info": info, **out}, indent=2))
+    write_atomic(path, json.dumps({"_info": info, **out}, indent=2))
     return out, info

@@ -6,7 +6,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -14,9 +13,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from visattn.config import ConfigError, check_name
+from visattn.config import ConfigError, check_name, held_notices
 from visattn.data.datamodule import available_cpus
-from visattn.rundir import LOCK, DirLock, check_out_dir, clear_dir, remove_created
+from visattn.rundir import (
+    LOCK,
+    SWEEP_MARKER,
+    DirLock,
+    check_out_dir,
+    clear_dir,
+    create_marker,
+    ensure_marker,
+    is_regular,
+    load_record,
+    marker_id,
+    remove_created,
+    renew_marker,
+)
 from visattn.sweep.execute import (
     EXECUTORS,
     Outcome,
@@ -95,29 +107,40 @@ class Progress:
                 f" | elapsed {_duration(time.monotonic() - self.start)}, ~{left} left")
 
 
-MARKER = ".visattn-sweep"  # written first into every sweep directory; --overwrite empties only such directories
-
-
-def _write_marker(sweep_dir: Path) -> None:
-    """Atomically (temporary file + rename), so a marker is never half-written."""
-    tmp = sweep_dir / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"made_by": "visattn sweep", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "pid": os.getpid(), "host": os.uname().nodename}) + "\n")
-    os.replace(tmp, sweep_dir / MARKER)
+MARKER = SWEEP_MARKER  # created first in every sweep directory, with an id that sweep.json repeats (sweep_id)
 
 
 def _is_empty(folder: Path) -> bool:
-    """Nothing in it but (at most) the leftover of a marker write that was killed half-way."""
-    return all(item.name.startswith(MARKER) and item.name.endswith(".tmp") for item in folder.iterdir())
+    """Nothing in it but what a start killed before sweep.json leaves (regular files): a lock, the marker, the
+    temporary file of sweep.json."""
+    return all(item.name in (LOCK, MARKER, ".sweep.json.tmp") and is_regular(item) for item in folder.iterdir())
 
 
-def _is_old_sweep(sweep_dir: Path) -> bool:
-    """A sweep directory from before the marker existed: a sweep.json with a spec and runs."""
+def sweep_proof(sweep_dir: Path) -> str | None:
+    """Why ``sweep_dir`` is not a sweep directory visattn made, or None when it is.
+
+    Proof: the marker's id equals sweep.json's ``sweep_id``; or, for a sweep made before the id existed, a
+    sweep.json without ``sweep_id`` that reads as a whole sweep: its spec expands to exactly the runs it lists. A
+    lookalike sweep.json, or a marker alone, proves nothing.
+    """
     try:
-        payload = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(payload, dict) and {"format", "spec", "runs"} <= set(payload)
+        ident = marker_id(sweep_dir, MARKER)
+        record = load_record(sweep_dir / "sweep.json")
+    except ConfigError as err:
+        return str(err)
+    if record is None:
+        return "it has no sweep.json" + ("" if ident else f" and no {MARKER} marker with an id")
+    recorded = record.get("sweep_id")
+    if recorded:
+        return None if ident and recorded == ident else (
+            f"its sweep.json records sweep_id {recorded!r}, which its {MARKER} marker does not hold")
+    try:
+        spec, plans = read_sweep_file(sweep_dir)
+        with held_notices():  # a check, not a start: no notes of the defaults the spec picks
+            same = [p.run_id for p in plans] == [p.run_id for p in expand(spec)]
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError, OSError):
+        same = False
+    return None if same else "its sweep.json is not a visattn sweep's (its spec does not expand to its runs)"
 
 
 @dataclass
@@ -128,35 +151,39 @@ class Claim:
     created: list[Path]  # folders this call made: ``--out`` and its missing parents, then the sweep directory
     adopted_empty: bool  # the directory existed but was empty: everything in it now is this call's
     started: bool = False
+    sweep_id: str = ""  # the marker's id, recorded in sweep.json
 
 
 def _open_dir(sweep_dir: Path, *, overwrite: bool) -> tuple[bool, bool]:
-    """(created, adopted_empty): make the sweep directory with its marker, or check that an existing one is a
-    sweep directory (an empty folder, or an unmarked sweep of an older visattn when not overwriting, gets the
-    marker); anything else is refused and left untouched."""
-    if not (sweep_dir.is_symlink() or sweep_dir.exists()):
+    """(created, adopted_empty): make the sweep directory with its marker, or check that an existing one provably
+    is a sweep directory (:func:`sweep_proof`) or is empty; anything else is refused and left untouched. An older
+    sweep without any marker file may be continued (it is marked then), not overwritten in the same command."""
+    if sweep_dir.is_symlink():
+        raise ConfigError(f"{sweep_dir} is a symbolic link; visattn does not follow it (give the folder it points to "
+                          "with --out/--name)")
+    if not sweep_dir.exists():
         try:
             sweep_dir.mkdir()
         except FileExistsError as err:
             raise ConfigError(f"{sweep_dir} was created by another process while this sweep started; run the "
                               "command again") from err
-        _write_marker(sweep_dir)
+        create_marker(sweep_dir, MARKER, made_by="visattn sweep")
         return True, False
     if not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} exists and is not a folder; choose another --name or --out")
-    if (sweep_dir / MARKER).is_file():
-        return False, False
+    marked = marker_id(sweep_dir, MARKER) is not None  # a marker that is a link is refused here, with its path
     if _is_empty(sweep_dir):  # nothing to lose: make it a sweep directory
-        _write_marker(sweep_dir)
         return False, True
-    if overwrite:
-        raise ConfigError(f"--overwrite empties only sweep directories made by visattn (they hold a {MARKER} file); "
-                          f"{sweep_dir} has none, so nothing in it was touched. Choose another --name or --out")
-    if _is_old_sweep(sweep_dir):  # an older visattn's sweep: continue it, marked from now on
-        _write_marker(sweep_dir)
-        return False, False
-    raise ConfigError(f"{sweep_dir} exists and is not a visattn sweep directory (no {MARKER} file); nothing in it "
-                      "was touched. Choose another --name or --out")
+    why_not = sweep_proof(sweep_dir)
+    if overwrite and (why_not is not None or not marked):
+        why_not = why_not or f"it has no {MARKER} file (a sweep of an older visattn: run it once without --overwrite)"
+        raise ConfigError(f"--overwrite empties only sweep directories made by visattn (they hold a {MARKER} file "
+                          f"with an id that sweep.json repeats); {sweep_dir} is not one ({why_not}), so nothing in it "
+                          "was touched. Choose another --name or --out")
+    if why_not is not None:
+        raise ConfigError(f"{sweep_dir} exists and is not a visattn sweep directory ({why_not}); nothing in it was "
+                          "touched. Choose another --name or --out")
+    return False, False
 
 
 def _clear_runs_first(sweep_dir: Path) -> None:
@@ -195,9 +222,12 @@ def claim_sweep_dir(sweep_dir: Path, *, overwrite: bool) -> Iterator[Claim]:
     claim = Claim(sweep_dir, [*created, sweep_dir] if made else created, adopted_empty)
     undo = False
     try:
+        if adopted_empty:
+            renew_marker(sweep_dir, MARKER, made_by="visattn sweep")
         if overwrite:
             _clear_runs_first(sweep_dir)
             clear_dir(sweep_dir, keep=(LOCK, MARKER))
+        claim.sweep_id = ensure_marker(sweep_dir, MARKER, made_by="visattn sweep")
         yield claim
     except BaseException:
         undo = not claim.started and (made or adopted_empty)
@@ -255,7 +285,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
         raise ConfigError("--executor ray needs Ray: pip install 'visattn[sweep]' (or pip install 'ray[default]')")
     say = print if echo else (lambda *a, **k: None)
     with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
-        added = check_sweep_file(sweep_dir, spec, plans)
+        added = check_sweep_file(sweep_dir, spec, plans, sweep_id=claim.sweep_id)
         if added:
             say(f"sweep {sweep_dir}: the grid grows by {len(added)} run(s) ({', '.join(added[:4])}"
                 f"{' ...' if len(added) > 4 else ''}); the earlier runs are kept", flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-import os
 import random
 import time
 import warnings
@@ -20,6 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from visattn.errors import NonFiniteLossError
+from visattn.perf import amx_bf16_hint
 from visattn.tasks.finetune import attn_lr_scales
 
 
@@ -125,6 +125,7 @@ def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dic
     raise NonFiniteLossError(
         f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
         f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
+        + amx_bf16_hint(str(module.trainer.precision), module.device.type)
     )
 
 
@@ -144,17 +145,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the same folder, fsync, then rename: a kill never leaves half a checkpoint."""
+    """Write to a temporary file in the same folder, fsync, then rename (``visattn.rundir.atomic_file``): a kill
+    never leaves half a checkpoint, and a failed write (a full disk) removes its temporary file and names the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        from visattn.rundir import atomic_file
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(path) as handle:
             torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
 
 class ThroughputMonitor(L.Callback):
@@ -164,6 +164,10 @@ class ThroughputMonitor(L.Callback):
 
     Time runs from the epoch's start to the end of its last training batch, so validation (which Lightning runs
     before ``on_train_epoch_end``) is not counted as training time.
+
+    The per-epoch figures and the training time so far are saved in every checkpoint (``state_dict``), so a resumed
+    run reports means over all its epochs and the sum of its parts' training times, never only the last part's:
+    a resume that trains no epoch (killed just after ``fit`` ended) adds nothing it did not measure.
     """
 
     def __init__(self, *, measure_peak: bool = True, precision_reason: str = "") -> None:
@@ -183,6 +187,67 @@ class ThroughputMonitor(L.Callback):
         self.last_end: float | None = None
         self.batch_start = 0.0
         self.history: list[dict[str, float]] = []
+        self.epoch = -1  # the epoch being trained (0-based), -1 before the first
+        self.time_before = 0.0  # training time of the earlier parts of a resumed run (from its checkpoint)
+        self.part_start: float | None = None  # when this part's ``fit`` started (``begin_part``)
+        self.epochs_this_part = 0
+
+    def begin_part(self, start: float) -> None:
+        """Called with the time just before ``trainer.fit``: this part's training time runs from here."""
+        self.part_start = start
+
+    def train_time(self, now: float) -> float:
+        """Training time of the whole run: the earlier parts' plus this one's (nothing if it trained no epoch)."""
+        if self.part_start is None or (self.epochs_this_part == 0 and self.time_before > 0):
+            return self.time_before
+        return self.time_before + (now - self.part_start)
+
+    def _epoch_stats(self, pl_module: L.LightningModule | None) -> dict[str, float]:
+        from visattn.perf import achieved_flops, mfu, palm_mfu
+
+        elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
+        macs = getattr(pl_module, "complexity", {}).get("macs") or 0
+        flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
+        share = mfu(flops, self.peak["flops"] if self.peak else None)
+        stats = {
+            "throughput_img_s": self.images / elapsed,
+            "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-9),
+            "train_gflops_s": flops / 1e9,
+            "epoch_train_s": elapsed,
+        }
+        if share is not None:
+            stats["matmul_peak_share"] = share
+            palm = palm_mfu(flops, self.dtype, pl_module.device) if pl_module is not None else None
+            if palm is not None:
+                stats["palm_mfu"] = palm
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint: the epochs measured so far and the training time up to now.
+
+        Lightning saves the checkpoint of an epoch after its validation, before ``on_train_epoch_end``; an epoch
+        whose training batches are done but not yet recorded is included here, so a resume never loses it.
+        """
+        history = [dict(h) for h in self.history]
+        if self.images and (not history or history[-1].get("epoch") != self.epoch):
+            history.append({**self._epoch_stats(self._module), "epoch": self.epoch})
+        now = time.perf_counter()
+        return {"history": history, "train_time_s": self.train_time(now) if self.part_start is not None
+                else self.time_before, "precision": self.precision, "peak": self.peak, "dtype": self.dtype,
+                "device": self.device}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.time_before = float(state.get("train_time_s", 0.0))
+        self.precision = state.get("precision") or self.precision
+        self.peak = state.get("peak") or self.peak
+        self.dtype = state.get("dtype") or self.dtype
+        self.device = state.get("device") or self.device
+
+    _module: L.LightningModule | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._module = pl_module
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.precision = str(trainer.precision)
@@ -201,6 +266,8 @@ class ThroughputMonitor(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images, self.wait, self.busy = 0, 0.0, 0.0
         self.epoch_start = self.last_end = time.perf_counter()
+        self.epoch = trainer.current_epoch
+        self.epochs_this_part += 1
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         now = time.perf_counter()
@@ -215,24 +282,10 @@ class ThroughputMonitor(L.Callback):
         self.images += len(batch[0])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from visattn.perf import achieved_flops, mfu, palm_mfu
-
-        elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
-        macs = getattr(pl_module, "complexity", {}).get("macs") or 0
-        flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
-        share = mfu(flops, self.peak["flops"] if self.peak else None)
-        stats = {
-            "throughput_img_s": self.images / elapsed,
-            "data_wait_frac": self.wait / max(self.wait + self.busy, 1e-9),
-            "train_gflops_s": flops / 1e9,
-            "epoch_train_s": elapsed,
-        }
-        if share is not None:
-            stats["matmul_peak_share"] = share
-            palm = palm_mfu(flops, self.dtype, pl_module.device)
-            if palm is not None:
-                stats["palm_mfu"] = palm
-        self.history.append(stats)
+        stats = self._epoch_stats(pl_module)
+        if self.history and self.history[-1].get("epoch") == self.epoch:
+            self.history.pop()  # recorded provisionally by a checkpoint taken after validation: now final
+        self.history.append({**stats, "epoch": self.epoch})
         for key, value in stats.items():
             # only rank 0 knows the peak (it measures it): the shares are rank 0's, logged without a collective
             if key in ("matmul_peak_share", "palm_mfu"):

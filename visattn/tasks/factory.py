@@ -57,7 +57,8 @@ def build_datamodule(config: TrainConfig, *, stage: str | None = "fit") -> DataM
     datamodule = task_of(config.task).datamodule(
         name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
         num_workers=config.num_workers, seed=config.seed, augment=config.augment or None, limit=config.limit,
-        skip_bad_images=config.skip_bad_images, dataset_options=config.data_args or None)
+        skip_bad_images=config.skip_bad_images, verify_images=config.verify_images,
+        dataset_options=config.data_args or None)
     if stage is not None:
         datamodule.setup(stage)
     return datamodule

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from visattn.rundir import write_figure
 from visattn.viz.capture import AttentionMaps, capture
 from visattn.viz.gradcam import eval_mode, grad_cam
 from visattn.viz.measure import channel_maps, model_stages, spatial_maps, stage_maps
@@ -261,10 +262,11 @@ def write_figures(
     analysis = analyse(model, to_inputs(images, mean=mean, std=std), pattern=pattern)
     titles = [caption(analysis, i, None if labels is None else int(labels[i]), class_names) for i in range(len(images))]
     paths = [out / "index.png"]
-    index_figure(analysis, images, boxes=boxes, titles=titles).savefig(paths[0], dpi=dpi)
+    write_figure(index_figure(analysis, images, boxes=boxes, titles=titles), paths[0], dpi=dpi)
     for i, image in enumerate(images):
         path = out / f"image_{i:02d}.png"
         box = None if boxes is None else boxes[i]
-        image_figure(analysis, i, image, box=box, title=titles[i]).savefig(path, dpi=dpi)
+        write_figure(image_figure(analysis, i, image, box=box, title=titles[i]), path, dpi=dpi)
         paths.append(path)
     return paths
+

@@ -99,6 +99,7 @@ class DetectionDataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
         cache_images: bool | None = None,
         dataset_options: Mapping[str, Any] | None = None,
+        verify_images: str = "quick",
     ) -> None:
         super().__init__()
         try:
@@ -110,6 +111,7 @@ class DetectionDataModule(L.LightningDataModule):
                           seed=seed, skip_bad_images=skip_bad_images, limit=limit)
         ok = cache_images is None or isinstance(cache_images, bool)
         check(ok, owner, "cache_images", "None (automatic) or a bool", cache_images)
+        check(verify_images in ("quick", "full"), owner, "verify_images", "'quick' or 'full'", verify_images)
         ok = data_dir is None or isinstance(data_dir, (str, os.PathLike))
         check(ok, owner, "data_dir", "None or a path", data_dir)
         accepted = keyword_names(self._loader_fn)
@@ -121,6 +123,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.augment = DetectAugmentConfig.from_dict(augment)
         self.cache_images = cache_images
         self.skip_bad_images = skip_bad_images
+        self.verify_images = verify_images
         self._source: DetectionSource | None = None
         self._datasets: dict[str, DetectionDataset] = {}
         self._undecodable: list[Path] = []
@@ -141,11 +144,17 @@ class DetectionDataModule(L.LightningDataModule):
         if cache is None:  # all three splits together must fit
             total = sum(len(splits[s][: self.limit]) for s in SPLITS)
             cache = total * self.img_size**2 * 3 <= CACHE_BUDGET
-        if self.skip_bad_images:  # decode every image now: the loaders must not meet a bad one mid-epoch
-            good = []
+        if self.skip_bad_images or self.verify_images == "full":  # decode every image now: the loaders must not
+            good = []                                                # meet a bad one mid-epoch
             for rec in records:
                 img = decode_image(rec.path)
                 if img is None or img.shape[:2] != (rec.height, rec.width):
+                    if not self.skip_bad_images:
+                        what = "cannot be decoded" if img is None else (
+                            f"is {img.shape[1]}x{img.shape[0]} but annotated as {rec.width}x{rec.height}")
+                        raise DataError(f"data set {self.name!r}: image file {rec.path} {what} (found by "
+                                        "--verify-images full); remove or fix it, or pass --skip-bad-images to "
+                                        "leave such files out.")
                     self._undecodable.append(rec.path)
                 else:
                     good.append(rec)

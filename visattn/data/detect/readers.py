@@ -22,9 +22,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, SPLITS, DataError, jpeg_truncated, read_label_text
+from visattn.data.base import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    DataError,
+    jpeg_truncated,
+    over_pixel_limit,
+    read_label_text,
+)
 
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
+MAX_CLASSES = 10_000  # class ids a YOLO label may use without class names (LVIS has 1,203 classes)
 CLIP_TOLERANCE = 0.5  # pixels: boxes out of their image by less are clipped without counting (rounding)
 COCO_LAYOUT = ("Expected COCO layout: <root>/annotations/instances_{train,val[,test]}.json with images in "
                "<root>/images/<split>/ (or <root>/<split>/, or the paths in the JSON).")
@@ -89,14 +98,16 @@ class _BoxFixer:
 def image_size(path: Path, owner: str) -> tuple[int, int]:
     """(width, height) from the file header; DataError naming the file and the reason if it cannot be read.
 
-    PIL refuses images over ``Image.MAX_IMAGE_PIXELS`` here (``DecompressionBombError``); a truncated JPEG,
-    which OpenCV would decode half grey, is refused too (``check_complete``).
+    Images over ``Image.MAX_IMAGE_PIXELS`` are refused (``over_pixel_limit``); a truncated JPEG, which OpenCV
+    would decode half grey, is refused too (``check_complete``).
     """
     try:
         with Image.open(path) as im:
-            size = im.size
+            size, too_big = im.size, over_pixel_limit(im)
     except DECODE_ERRORS as err:
         raise DataError(f"{owner}: cannot read image file {path} ({type(err).__name__}: {err}).") from None
+    if too_big:
+        raise DataError(f"{owner}: cannot read image file {path} ({too_big}).")
     check_complete(path, owner)
     return size
 
@@ -246,7 +257,7 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
                 except (KeyError, TypeError, ValueError):
                     width, height = image_size(path, name)
                 else:
-                    check_complete(path, name)
+                    image_size(path, name)  # the header: pixel limit and truncation, whatever the JSON says
             except DataError:
                 if skip_bad_images:
                     source.skipped.append(path)
@@ -265,29 +276,31 @@ def read_coco(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
 
 
 # --------------------------------------------------------------------- YOLO
-def _yolo_names(root: Path) -> list[str] | None:
+def _yolo_names(root: Path) -> tuple[list[str], Path] | None:
+    """The class names and the file that gives them (data.yaml, dataset.yaml or classes.txt), or None."""
     for yaml_name in ("data.yaml", "dataset.yaml"):
         path = root / yaml_name
         if path.is_file():
-            import yaml
+            from visattn.config import ConfigError, load_yaml
 
             try:
-                names = (yaml.safe_load(read_label_text(path, "yolo")) or {}).get("names")
-            except (yaml.YAMLError, AttributeError) as err:
+                names = (load_yaml(read_label_text(path, "yolo"), source=str(path)) or {}).get("names")
+            except (ConfigError, AttributeError) as err:
                 raise DataError(f"yolo: cannot read {path} ({err}).") from None
             if isinstance(names, dict):
                 names = [names[k] for k in sorted(names)]
             if not isinstance(names, list) or not names:
                 raise DataError(f"yolo: {path} needs 'names', a list (or an index -> name mapping) of class names.")
-            return [str(n) for n in names]
+            return [str(n) for n in names], path
     path = root / "classes.txt"
     if path.is_file():
-        return [line.strip() for line in read_label_text(path, "yolo").splitlines() if line.strip()]
+        return [line.strip() for line in read_label_text(path, "yolo").splitlines() if line.strip()], path
     return None
 
 
-def _parse_yolo_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """cx, cy, w, h normalised (N, 4) float64 and class ids (N,) of one label file (validated)."""
+def _parse_yolo_file(path: Path, names: tuple[list[str], Path] | None) -> tuple[np.ndarray, np.ndarray]:
+    """cx, cy, w, h normalised (N, 4) float64 and class ids (N,) of one label file (validated): a class id must be
+    one of the names' (``names``: the names and their file), else below ``MAX_CLASSES``."""
     rows, classes = [], []
     for lineno, line in enumerate(read_label_text(path, "yolo").splitlines(), start=1):
         if not line.strip():
@@ -301,9 +314,13 @@ def _parse_yolo_file(path: Path, num_classes: int | None) -> tuple[np.ndarray, n
             raise DataError(f"yolo: malformed line {lineno} in {path}: {line.strip()!r}; expected "
                             "'class cx cy w h' (an int class id and 4 numbers normalised to 0..1).")
         cls = int(values[0])
-        if cls < 0 or (num_classes is not None and cls >= num_classes):
-            raise DataError(f"yolo: unknown class id {cls} on line {lineno} of {path}; "
-                            f"the class names give ids 0..{(num_classes or 0) - 1}.")
+        if names is not None and not 0 <= cls < len(names[0]):
+            raise DataError(f"yolo: unknown class id {cls} on line {lineno} of {path}; the class names in "
+                            f"{names[1]} give ids 0..{len(names[0]) - 1}.")
+        if not 0 <= cls < MAX_CLASSES:
+            raise DataError(f"yolo: class id {cls} on line {lineno} of {path} is not one of the 0..{MAX_CLASSES - 1} "
+                            "visattn accepts without class names; list the names in data.yaml ('names') or "
+                            "classes.txt (one per line), or fix the line.")
         rows.append(values[1:])
         classes.append(cls)
     return np.array(rows, np.float64).reshape(-1, 4), np.array(classes, np.int64)
@@ -321,7 +338,8 @@ def read_yolo(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
     source = DetectionSource(name="yolo", class_names=[], splits={})
     raw: dict[str, list[tuple[Path, int, int, int, np.ndarray, np.ndarray]]] = {}
     for split in present:
-        files = sorted(p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in (root / "images" / split).iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())  # never a FIFO or device
         raw[split] = []
         for position, path in enumerate(files, start=1):
             try:
@@ -333,13 +351,15 @@ def read_yolo(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
                 raise
             label_file = root / "labels" / split / f"{path.stem}.txt"
             if label_file.is_file():
-                boxes, classes = _parse_yolo_file(label_file, None if names is None else len(names))
+                boxes, classes = _parse_yolo_file(label_file, names)
             else:
                 boxes, classes = np.zeros((0, 4)), np.zeros(0, np.int64)
             raw[split].append((path, position, *size, boxes, classes))
-    if names is None:  # no names given: ids 0..max
+    if names is None:  # no names given: ids 0..max (max < MAX_CLASSES)
         top = max((int(c.max()) for items in raw.values() for *_, c in items if len(c)), default=0)
-        names = [str(k) for k in range(top + 1)]
+        class_names = [str(k) for k in range(top + 1)]
+    else:
+        class_names = names[0]
     for split, items in raw.items():
         records = []
         for path, position, width, height, cxcywh, classes in items:
@@ -349,7 +369,7 @@ def read_yolo(root: str | os.PathLike[str] | None, *, skip_bad_images: bool = Fa
             boxes, labels = fixer(boxes, classes, width=width, height=height, where=f"{path}")
             records.append(DetectionRecord(path, boxes, labels, position, width, height))
         source.splits[split] = records
-    source.class_names = names
+    source.class_names = class_names
     _fill_test(source, raw)
     fixer.report(source)
     return source
