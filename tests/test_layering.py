@@ -1,7 +1,7 @@
 """Import direction: every module imports only from its own floor or below, and no modules import each other in a
 circle. Imports inside functions count too. The floors, bottom to top (ARCHITECTURE in the README):
 
-    errors, lazy, registry -> layers, ops -> attention | backbones | necks | heads | losses | data
+    errors, lazy, registry, safe_yaml -> layers, ops -> attention | backbones | necks | heads | losses | data
     -> models, complexity, perf -> config -> rundir -> tasks | viz -> train
     -> evaluate | export | predict | visualize | sweep -> cli -> __main__, commands
 """
@@ -17,7 +17,7 @@ import visattn
 
 PACKAGE = Path(visattn.__file__).parent
 FLOORS: list[tuple[str, ...]] = [
-    ("errors", "lazy", "registry"),
+    ("errors", "lazy", "registry", "safe_yaml"),
     ("layers", "ops"),
     ("attention", "backbones", "necks", "heads", "losses", "data"),
     ("models", "complexity", "perf"),
@@ -135,7 +135,6 @@ def test_every_module_is_on_a_floor():
             floor_of(module)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 in progress: removed when the restructuring lands")
 def test_no_module_imports_from_a_higher_floor():
     upward = sorted(f"{module} (floor {floor_of(module)}) imports {target} (floor {floor_of(target)})"
                     for module, targets in graph().items() if module != "visattn"
@@ -143,7 +142,6 @@ def test_no_module_imports_from_a_higher_floor():
     assert not upward, "imports that run back up:\n" + "\n".join(upward)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 in progress: removed when the restructuring lands")
 def test_no_import_circle():
     found = circles(graph())
     assert not found, "modules that import each other in a circle:\n" + "\n".join(" <-> ".join(c) for c in found)
@@ -214,7 +212,6 @@ def test_viz_reexports_the_layers_primitive():
     assert visattn.viz.attention_probs is primitive.attention_probs
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 in progress: removed when the restructuring lands")
 def test_modules_import_the_module_that_defines_a_name_not_the_face():
     """``from visattn import build_model`` inside the package would hide which floor it comes from."""
     offenders = []

@@ -402,11 +402,10 @@ def yolo_root(root: Path) -> Path:
 
 
 def test_a_fifo_named_png_never_hangs_the_readers(tmp_path):
-    from visattn.visualize import read_image_folder
-
     from visattn.data.detect.readers import read_yolo
     from visattn.data.folders import load_image_folder
     from visattn.predict import list_images
+    from visattn.visualize import read_image_folder
 
     root = yolo_root(tmp_path / "yolo")
     os.mkfifo(root / "images" / "train" / "pipe.png")

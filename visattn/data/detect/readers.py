@@ -31,6 +31,8 @@ from visattn.data.base import (
     over_pixel_limit,
     read_label_text,
 )
+from visattn.errors import ConfigError
+from visattn.safe_yaml import load_yaml
 
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
 MAX_CLASSES = 10_000  # class ids a YOLO label may use without class names (LVIS has 1,203 classes)
@@ -281,8 +283,6 @@ def _yolo_names(root: Path) -> tuple[list[str], Path] | None:
     for yaml_name in ("data.yaml", "dataset.yaml"):
         path = root / yaml_name
         if path.is_file():
-            from visattn.config import ConfigError, load_yaml
-
             try:
                 names = (load_yaml(read_label_text(path, "yolo"), source=str(path)) or {}).get("names")
             except (ConfigError, AttributeError) as err:
