@@ -33,14 +33,15 @@ COMMANDS: dict[str, list[str]] = {
 
 def wall_time(args: list[str], env: dict[str, str] | None) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                   cwd=env["PYTHONPATH"] if env else None)  # python -m puts the working folder first on sys.path
     return time.perf_counter() - start
 
 
 def imports_torch(args: list[str], env: dict[str, str] | None) -> bool:
     """Does the command import torch? (``-X importtime`` lists every module imported, on stderr.)"""
     done = subprocess.run([sys.executable, "-X", "importtime", *args], check=True, capture_output=True, text=True,
-                          env=env)
+                          env=env, cwd=env["PYTHONPATH"] if env else None)
     return any(line.rsplit("|", 1)[-1].strip() == "torch" for line in done.stderr.splitlines())
 
 

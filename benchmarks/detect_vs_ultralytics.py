@@ -535,7 +535,7 @@ def run_side_by_side(jobs: list[dict[str, Any]], cores: list[int], work: Path) -
 
 
 def visattn_curve(run_dir: Path) -> list[dict[str, float]]:
-    from visattn.train import read_metrics_csv
+    from visattn.rundir import read_metrics_csv
 
     maps = {int(row["epoch"]) + 1: (float(row["val/map"]), float(row["val/map50"]))
             for row in read_metrics_csv(run_dir) if row.get("val/map")}

@@ -22,8 +22,8 @@ from visattn.cli.train import config_from_args, train_parser
 from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config
 from visattn.errors import USER_ERRORS
-from visattn.rundir import RUN_MARKER, DirLock, create_marker, save_config
-from visattn.train import ERROR_FILE, prepare, train, write_json_atomic
+from visattn.rundir import ERROR_FILE, RUN_MARKER, DirLock, create_marker, save_config, write_json_atomic
+from visattn.train import prepare, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,

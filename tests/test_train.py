@@ -15,7 +15,8 @@ import torch
 
 from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config
-from visattn.train import read_metrics_csv, train
+from visattn.rundir import read_metrics_csv
+from visattn.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import math
-import os
 import re
 import sys
 import time
@@ -22,7 +19,6 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger
 
 from visattn.config import (
-    FIELDS,
     LOCATION_KEYS,
     SAFE_ON_RESUME,
     ConfigError,
@@ -30,14 +26,17 @@ from visattn.config import (
     attn_label,
     check_name,
     global_rank,
-    make_config,
-    read_yaml,
 )
 from visattn.models.weights import measure_output_change
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
 from visattn.rundir import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    ERROR_FILE,
+    METRICS_FILE,
     RUN_MARKER,
+    START_FILE,
     DirLock,
     RunFinished,
     check_tree,
@@ -45,8 +44,11 @@ from visattn.rundir import (
     clear_dir,
     ensure_marker,
     finished_metrics,
+    keep_previous_logs,
     save_config,
-    write_atomic,
+    saved_config,
+    write_error,
+    write_json_atomic,
 )
 from visattn.tasks.common import (
     AtomicCheckpointIO,
@@ -59,31 +61,11 @@ from visattn.tasks.factory import build_datamodule, build_module, model_spec, ta
 from visattn.tasks.finetune import freeze_parameters
 from visattn.tasks.monitors import BlockStatsMonitor
 
-CHECKPOINTS = "checkpoints"
-ERROR_FILE = "error.json"  # why the last attempt of a run failed; removed when an attempt starts or succeeds
-
 
 def is_launched_child() -> bool:
     """True in every process but global rank 0: only rank 0 creates, clears or writes the run directory's set-up;
     the others (other GPUs of a node, every process of the other nodes) use the path that rank 0 sets up."""
     return global_rank() != 0
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON values; NaN and infinities become ``null`` (``NaN`` is not JSON), tensors and numpy scalars floats."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    number = float(value)  # float, numpy scalar, 0-d tensor; anything else is a bug and raises
-    return number if math.isfinite(number) else None
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """``payload`` as JSON (non-finite numbers as null), replacing ``path`` only once complete (``rundir``)."""
-    write_atomic(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))
 
 
 @dataclass
@@ -100,17 +82,6 @@ class PreparedRun:
 
 def run_dir_of(config: TrainConfig) -> Path:
     return Path(config.out) / check_name(config.run_name())
-
-
-def saved_config(run_dir: Path) -> TrainConfig:
-    """The run's own config.yaml, resolved (keys of older versions that no longer exist are dropped)."""
-    path = run_dir / "config.yaml"
-    values = {k: v for k, v in read_yaml(path).items() if k in FIELDS}
-    values.setdefault("attn_init", "paper")  # runs made before the option started every block as published
-    try:
-        return make_config({}, values, source=str(path))
-    except ConfigError as err:
-        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is not valid: {err}") from err
 
 
 def resume_changes(saved: TrainConfig, config: TrainConfig, *, run_dir: Path) -> dict[str, tuple[Any, Any]]:
@@ -244,26 +215,6 @@ def apply_speed_options(module: L.LightningModule, config: TrainConfig) -> L.Lig
     return module
 
 
-def keep_previous_logs(run_dir: Path) -> None:
-    """Lightning's CSV logger starts its file anew; a resumed run keeps the earlier rows as ``metrics.partN.csv``."""
-    current = run_dir / "logs" / "metrics.csv"
-    if current.is_file():
-        part = len(list(current.parent.glob("metrics.part*.csv")))
-        os.replace(current, current.with_name(f"metrics.part{part}.csv"))
-
-
-def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
-    """All logged rows of a run (earlier parts of a resumed run first), one row per logging call."""
-    logs = Path(run_dir) / "logs"
-    files = sorted(logs.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
-    rows: list[dict[str, str]] = []
-    for path in [*files, logs / "metrics.csv"]:
-        if path.is_file():
-            with open(path, newline="") as handle:
-                rows.extend(csv.DictReader(handle))
-    return rows
-
-
 def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
     """The Trainer with checkpoints, logs and callbacks in ``run_dir``; writes nothing there yet."""
     # precision "auto" is resolved here, for this machine; metrics.json records the choice and the reason
@@ -369,7 +320,7 @@ def prepare(config: TrainConfig) -> PreparedRun:
         if config.resume:
             keep_previous_logs(run_dir)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, run_dir / CONFIG_FILE)
     except BaseException:
         claim.undo()
         raise
@@ -380,22 +331,6 @@ def prepare(config: TrainConfig) -> PreparedRun:
         print(f"visattn: pretrained: {report.summary()}", file=sys.stderr)
     return PreparedRun(config, run_dir, datamodule, module, trainer, throughput,
                        last if config.resume else None, claim.lock)
-
-
-def write_error(run_dir: Path, err: BaseException) -> None:
-    """``error.json``: why this attempt failed, for the user and the sweep; the run stays for inspection/resume."""
-    last = run_dir / CHECKPOINTS / "last.ckpt"
-    try:
-        write_json_atomic(run_dir / ERROR_FILE, {
-            "status": "failed",
-            "error_type": type(err).__name__,
-            "error": " ".join(str(err).split()),
-            "non_finite_loss": isinstance(err, NonFiniteLossError),
-            "last_checkpoint": str(last) if last.is_file() else None,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        })
-    except OSError:  # the original error matters more than this note
-        pass
 
 
 def test_split_size(trainer: L.Trainer) -> int | None:
@@ -424,9 +359,6 @@ def fit(prepared: PreparedRun) -> dict[str, Any]:
     finally:
         if prepared.lock is not None:
             prepared.lock.release()
-
-
-START_FILE = "pretrained.json"  # a pretrained run's load report and metrics before its first step
 
 
 def pretrained_start(prepared: PreparedRun) -> dict[str, Any]:
@@ -516,7 +448,7 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
                                  "freeze_bn": config.freeze_bn, "attn_lr_scale": config.attn_lr_scale, **start_info}
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)
-        write_json_atomic(prepared.run_dir / "metrics.json", metrics)
+        write_json_atomic(prepared.run_dir / METRICS_FILE, metrics)
     return metrics
 
 

@@ -13,7 +13,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 from visattn import __version__
 from visattn.errors import USER_ERRORS, error_text
@@ -21,17 +20,37 @@ from visattn.registry import did_you_mean
 
 
 def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~0.1 s (email, zipfile): only for --version
+
     try:
         return f"visattn {version('visattn')}"
     except PackageNotFoundError:  # a checkout on sys.path, not installed
         return f"visattn {__version__}"
 
 
+class VersionAction(argparse.Action):
+    """``--version``: prints :func:`version_text` when given (argparse's own action would compute it for every
+    parser, i.e. on every command)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action=VersionAction)
+
+
 def new_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
     """A subcommand's parser: examples at the end of its --help, and ``--version``."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog.format(prog=prog),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_text())
+    add_version(parser)
     return parser
 
 

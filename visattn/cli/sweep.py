@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visattn.cli.main import version_text
+from visattn.cli.main import add_version
 from visattn.config import TASKS, check_name, key_values, parse_value, read_yaml, resolve_config
 from visattn.errors import ConfigError
 
@@ -63,7 +63,7 @@ def build_parser(prog: str = "tools/sweep.py") -> argparse.ArgumentParser:
                                      description="Ablation sweep: backbones x attention blocks (x places x "
                                                  "hyperparameters) x seeds, with tables, statistics and plots.")
     add = parser.add_argument
-    add("--version", action="version", version=version_text())
+    add_version(parser)
     add("--config", help="sweep YAML (keys: name, backbone, attn, at, seeds, metric, reference, train, grid), or a "
                          "packaged sweep's name (e.g. cluttered_resnet18_blocks)")
     add("--backbone", help="backbone name(s), comma-separated")

@@ -14,7 +14,7 @@ import yaml
 
 from visattn.attention import list_attention
 from visattn.backbones import list_backbones
-from visattn.cli.main import version_text
+from visattn.cli.main import add_version
 from visattn.config import (
     ATTN_INITS,
     DATA_IMG_SIZE,
@@ -36,6 +36,7 @@ from visattn.config import (
 from visattn.data import list_datasets
 from visattn.data.detect import list_detection_datasets
 from visattn.errors import ConfigError
+from visattn.rundir import CONFIG_FILE, RunFinished, saved_config
 
 
 def by_task(key: str) -> str:
@@ -163,8 +164,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def resume_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *, source: str) -> TrainConfig:
     """``--resume [RUN_DIR]``: the run's own config.yaml; values given with it (flags, --config) replace what they
     name, and ``visattn.train.prepare`` refuses any change outside the keys a resume may change."""
-    from visattn.train import saved_config
-
     overrides = dict(overrides)
     target = overrides.pop("resume")
     given = {**file_values, **overrides}
@@ -180,7 +179,7 @@ def resume_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], 
         fresh = make_config(file_values, {**overrides, "resume": True}, source=source)
         run_dir = Path(fresh.out) / fresh.run_name()
     location = {"out": str(run_dir.parent), "name": run_dir.name, "resume": True}
-    if not (run_dir / "config.yaml").is_file():  # prepare() says why there is nothing to resume
+    if not (run_dir / CONFIG_FILE).is_file():  # prepare() says why there is nothing to resume
         return make_config(file_values, {**overrides, **location}, source=source)
     values = {k: v for k, v in saved_config(run_dir).to_dict().items() if k not in ("overwrite",)}
     return make_config({}, {**values, **given, **location}, source=source)
@@ -207,7 +206,7 @@ def train_parser(prog: str = "tools/train.py") -> argparse.ArgumentParser:
     )
     add_train_arguments(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    parser.add_argument("--version", action="version", version=version_text())
+    add_version(parser)
     return parser
 
 
@@ -218,8 +217,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> 
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    from visattn.rundir import RunFinished  # after the flags: --help and --print-config import no torch
-    from visattn.train import fit, prepare
+    from visattn.train import fit, prepare  # after the flags: --help and --print-config import no torch
 
     try:
         prepared = prepare(config)

@@ -17,7 +17,7 @@ from typing import Any
 
 from visattn.models.spec import ModelSpec
 from visattn.perf import cpu_model
-from visattn.rundir import read_run_files, write_atomic
+from visattn.rundir import METRICS_FILE, is_regular, read_metrics, read_metrics_csv, read_run_files, write_atomic
 from visattn.sweep.execute import read_status, run_dir_of
 from visattn.sweep.grid import RunPlan
 from visattn.sweep.stats import (
@@ -128,9 +128,7 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
 
 def finished_run(plan: RunPlan, run_dir: Path, metric: str) -> RunResult:
     """The result of a run with a metrics.json: its metric, test-set interval and collapse check."""
-    from visattn.train import read_metrics_csv
-
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_metrics(run_dir)
     try:
         value = metric_value(metrics, metric)
     except KeyError as err:
@@ -149,7 +147,7 @@ def collect(sweep_dir: Path, plans: list[RunPlan], metric: str) -> list[RunResul
     results = []
     for plan in plans:
         run_dir = run_dir_of(sweep_dir, plan.run_id)
-        if (run_dir / "metrics.json").is_file():
+        if is_regular(run_dir / METRICS_FILE):
             results.append(finished_run(plan, run_dir, metric))
             continue
         record = read_status(sweep_dir, plan.run_id)
@@ -401,8 +399,6 @@ SMALL_LR = 0.1
 
 def val_curve(sweep_dir: Path, run_id: str, key: str) -> dict[int, float]:
     """A run's validation metric by epochs trained, from its metrics.csv (a resumed epoch's later value wins)."""
-    from visattn.train import read_metrics_csv
-
     series: dict[int, float] = {}
     for row in read_metrics_csv(run_dir_of(sweep_dir, run_id)):
         if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
@@ -413,8 +409,6 @@ def val_curve(sweep_dir: Path, run_id: str, key: str) -> dict[int, float]:
 def lr_curve(sweep_dir: Path, run_id: str) -> list[float]:
     """A run's learning rate at the start of each epoch as a fraction of its peak, from the ``lr-*`` column that
     Lightning's LearningRateMonitor logs once per epoch (the first parameter group's); [] when none was logged."""
-    from visattn.train import read_metrics_csv
-
     rows = read_metrics_csv(run_dir_of(sweep_dir, run_id))
     column = next((k for row in rows for k in row if k and k.startswith("lr-")), None)
     lrs = [float(row[column]) for row in rows if column and row.get(column) not in (None, "")]

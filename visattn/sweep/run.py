@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import statistics
 import time
@@ -26,6 +25,7 @@ from visattn.rundir import (
     is_regular,
     load_record,
     marker_id,
+    read_metrics,
     remove_created,
     renew_marker,
 )
@@ -94,10 +94,10 @@ class Progress:
         self.left -= 1
         if outcome.status == "ok":
             self.seconds.append(outcome.seconds)
-            metrics = json.loads((run_dir_of(self.sweep_dir, outcome.run_id) / "metrics.json").read_text())
             try:
+                metrics = read_metrics(run_dir_of(self.sweep_dir, outcome.run_id))
                 what = f"{self.metric}={metric_value(metrics, self.metric):.4f}"
-            except (KeyError, TypeError, ValueError):  # not in metrics.json, or not a number
+            except (OSError, KeyError, TypeError, ValueError):  # not in metrics.json, or not a number
                 what = f"{self.metric}=?"
         else:
             what = f"error: {outcome.error[:120]}"
