@@ -19,6 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.detection import MeanAveragePrecision
 
+from visattn.errors import ConfigError, DataError
 from visattn.rundir import write_figure
 
 SPLITS = ("test", "val")
@@ -84,7 +85,7 @@ def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | P
     if isinstance(classes, int) and classes != spec.num_classes:
         mismatch.append(f"{spec.num_classes} classes vs the run's {classes}")
     if mismatch:
-        raise ValueError(f"--export {export} does not belong to run {run_dir}: {'; '.join(mismatch)} (it holds a "
+        raise ConfigError(f"--export {export} does not belong to run {run_dir}: {'; '.join(mismatch)} (it holds a "
                          f"{spec.task} {spec.backbone} model); evaluate an export of this run, or evaluate the run's "
                          "own checkpoint without --export")
 
@@ -141,10 +142,10 @@ def evaluate_run(
     from visattn.visualize import read_run_config
 
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")
+        raise ConfigError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     model, spec, weights = load_weights(run_dir, checkpoint=checkpoint, export=export)
@@ -163,7 +164,7 @@ def evaluate_run(
     quiet_lightning()
     datamodule = build_datamodule(config)
     if datamodule.num_classes != spec.num_classes:
-        raise ValueError(f"data set {config.data!r} has {datamodule.num_classes} classes but the model predicts "
+        raise DataError(f"data set {config.data!r} has {datamodule.num_classes} classes but the model predicts "
                          f"{spec.num_classes}; evaluate on a data set with the run's classes")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     callbacks: list[L.Callback] = []

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from visattn.config import DEFAULT_OPSET, EXPORT_FORMATS
-from visattn.errors import ExportError
+from visattn.errors import ConfigError, ExportError
 from visattn.models.spec import ModelSpec
 from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
@@ -43,10 +43,10 @@ def parse_formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
     for item in items:
         if item not in EXPORT_FORMATS:
-            raise ValueError(f"unknown export format {item!r}.{did_you_mean(item, list(EXPORT_FORMATS))} "
+            raise ConfigError(f"unknown export format {item!r}.{did_you_mean(item, list(EXPORT_FORMATS))} "
                              f"Valid formats: {', '.join(EXPORT_FORMATS)}")
     if not items:
-        raise ValueError(f"no export format given; valid formats: {', '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"no export format given; valid formats: {', '.join(EXPORT_FORMATS)}")
     return items
 
 
@@ -228,7 +228,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     if opset < MIN_OPSET:
         blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
         need = " (STN's grid_sample alone needs opset >= 16)" if "stn" in blocks else ""
-        raise ValueError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
+        raise ConfigError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
                          f"opset >= {MIN_OPSET}{need}")
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None  # by position
     try:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, over_pixel_limit, pil_to_rgb
+from visattn.errors import ConfigError, ExportError
 from visattn.rundir import check_output_dir, check_output_file, claim_output_dir, write_atomic
 
 CLASSIFY_FIELDS = ["image", "class", "index", "probability"]
@@ -25,7 +26,7 @@ def list_images(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return files
 
 
@@ -36,13 +37,13 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             too_big = over_pixel_limit(im)
             if too_big:
-                raise ValueError(f"cannot decode image {path}: {too_big}")
+                raise DataError(f"cannot decode image {path}: {too_big}")
             im.load()
             return Image.fromarray(pil_to_rgb(im, path))
     except (DataError, ValueError):
         raise
     except DECODE_ERRORS as err:  # DecompressionBombError: over twice PIL.Image.MAX_IMAGE_PIXELS
-        raise ValueError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
+        raise DataError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
 
 
 def _is_prediction_csv(head: bytes) -> bool:
@@ -62,7 +63,7 @@ def check_outputs(*, batch_size: int, out_csv: str | Path | None, save_dir: str 
     when the results are written.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     inputs = [images] if images is not None else []
     if out_csv is not None:
         check_output_file(out_csv, flag="--out", inputs=inputs, ours=_is_prediction_csv)
@@ -180,7 +181,7 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
         model = load(model_path)
         run = lambda x: model(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     else:
-        raise ValueError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
+        raise ConfigError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
     files = list_images(images)
     names = spec.get("class_names") or [str(i) for i in range(spec["num_classes"])]
     rows = []
@@ -188,7 +189,7 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
         chunk = files[start:start + batch_size]
         logits = run(preprocess_files(chunk, spec))  # (n, classes)
         if logits.ndim != 2 or logits.shape[1] != len(names):
-            raise ValueError(f"{model_path} gives {tuple(logits.shape)} outputs for {len(chunk)} image(s), but its "
+            raise ExportError(f"{model_path} gives {tuple(logits.shape)} outputs for {len(chunk)} image(s), but its "
                              f"model.json says {len(names)} classes: the export's files do not belong together; "
                              "export the run again")
         probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -236,7 +237,7 @@ def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: flo
             return [(r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy()) for r in results]
 
         return run_torch
-    raise ValueError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
+    raise ConfigError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
 
 
 def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -266,9 +267,9 @@ def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict
     exported_at = float(spec.get("conf_threshold", 0.25))
     threshold = exported_at if conf_threshold is None else float(conf_threshold)
     if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"conf_threshold must be in [0, 1), got {threshold}")
+        raise ConfigError(f"conf_threshold must be in [0, 1), got {threshold}")
     if model_path.suffix == ".onnx" and threshold < exported_at:
-        raise ValueError(f"conf_threshold {threshold} is below the {exported_at} this ONNX file was exported with "
+        raise ConfigError(f"conf_threshold {threshold} is below the {exported_at} this ONNX file was exported with "
                          "(its NMS drops lower scores); use the export folder (safetensors) for lower thresholds")
     run = detection_runner(model_path, spec, threshold)
     files = list_images(images)

@@ -171,16 +171,16 @@ def load_resume_checkpoint(path: Path, module: L.LightningModule, optimizer: tor
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())[:300]  # torch's text has ANSI bold
-        raise ValueError(f"cannot resume from {path}: the file is truncated, corrupt, or holds more than tensors "
+        raise ConfigError(f"cannot resume from {path}: the file is truncated, corrupt, or holds more than tensors "
                          f"and plain values (it is loaded with weights_only=True) ({type(err).__name__}: "
                          f"{detail})") from err
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ValueError(f"cannot resume from {path}: it is not a Lightning checkpoint (no state_dict)")
+        raise ConfigError(f"cannot resume from {path}: it is not a Lightning checkpoint (no state_dict)")
     try:
         module.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:400]
-        raise ValueError(f"cannot resume from {path}: it does not fit the model of the run's config.yaml "
+        raise ConfigError(f"cannot resume from {path}: it does not fit the model of the run's config.yaml "
                          f"({detail})") from err
     check_optimizer_state(path, checkpoint.get("optimizer_states"), optimizer, config.optimizer)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from visattn.data.base import IMAGE_EXTENSIONS
+from visattn.errors import ConfigError, DataError
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: bool = False) -> tuple[nn.Module, Any]:
@@ -42,7 +43,7 @@ def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
 
     config = read_run_config(run_dir)
     if config.task != "classify":
-        raise ValueError(f"{run_dir} is a {config.task!r} run; attention figures from its data need a classify run "
+        raise ConfigError(f"{run_dir} is a {config.task!r} run; attention figures from its data need a classify run "
                          "(pass --images DIR instead)")
     if data is not None and data != config.data:
         config = replace(config, data=data, data_dir=None, data_args={})
@@ -89,7 +90,7 @@ def visualize_run(
     from visattn.viz.figures import write_figures
 
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ConfigError(f"n must be >= 1, got {n}")
     out = Path(out) if out is not None else Path(run_dir) / "figures" / ("untrained" if untrained else checkpoint)
     inputs = [images_dir] if images_dir is not None else []
     check_output_dir(out, flag="--out", inputs=inputs)  # before any work: never a user's folder or the inputs
@@ -125,7 +126,7 @@ def measure_run(
     datamodule = run_datamodule(run_dir, data=data)
     raw = datamodule.raw_samples(split, n)
     if raw.boxes is None:
-        raise ValueError(f"data set {datamodule.name!r} records no object boxes; measuring attention mass in boxes "
+        raise DataError(f"data set {datamodule.name!r} records no object boxes; measuring attention mass in boxes "
                          "needs one that does (e.g. cluttered-digits)")
     inputs = to_inputs(raw.images, mean=spec.mean, std=spec.std)
     return box_mass_report(model, inputs, raw.boxes, pattern=pattern, with_gradcam=with_gradcam)

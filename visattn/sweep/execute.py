@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from visattn.data.datamodule import available_cpus
+from visattn.errors import ConfigError
 from visattn.rundir import CHECKPOINTS, read_file, run_error, write_atomic
 from visattn.sweep.worker import ERROR_MARK, child_main, context
 
@@ -174,7 +175,7 @@ def ray_slots(cpus_per_run: float, gpus_per_run: float) -> int:
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     if cpus_per_run > cpus or gpus_per_run > gpus:
-        raise ValueError(f"each run asks for {cpus_per_run} CPU(s) and {gpus_per_run} GPU(s) but the Ray cluster "
+        raise ConfigError(f"each run asks for {cpus_per_run} CPU(s) and {gpus_per_run} GPU(s) but the Ray cluster "
                          f"has {cpus:g} CPU(s) and {gpus:g} GPU(s) in all; lower --cpus-per-run/--gpus-per-run")
     slots = [cpus / cpus_per_run] if cpus_per_run > 0 else []
     if gpus_per_run > 0:

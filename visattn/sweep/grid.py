@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, check_name, held_notices, make_config, notice
+from visattn.errors import UnknownNameError
 from visattn.models.build import list_slots, normalise_specs
 from visattn.models.spec import ModelSpec
 from visattn.registry import ATTENTION, check_kwargs, did_you_mean
@@ -264,11 +265,11 @@ def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> N
         if block != "none":
             check_kwargs(f"attention block {block!r}", ATTENTION.get(block), spec["args"])
         if spec["at"] is None and block != "none" and not defaults:
-            raise KeyError(f"{config.backbone} has no default slots for {block!r}; give 'at' globs. "
+            raise UnknownNameError(f"{config.backbone} has no default slots for {block!r}; give 'at' globs. "
                            f"Its slots: {', '.join(slots)}")
         for pattern in spec["at"] or []:
             if not any(fnmatch.fnmatchcase(slot, str(pattern)) for slot in slots):
-                raise KeyError(f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot of "
+                raise UnknownNameError(f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot of "
                                f"{config.backbone}.{did_you_mean(str(pattern), slots)} Its slots: {', '.join(slots)}")
 
 

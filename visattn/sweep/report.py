@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visattn.errors import UnknownNameError
 from visattn.models.spec import ModelSpec
 from visattn.perf import cpu_model
 from visattn.rundir import METRICS_FILE, is_regular, read_metrics, read_metrics_csv, read_run_files, write_atomic
@@ -121,7 +122,7 @@ def metric_value(metrics: dict[str, Any], name: str) -> float:
     for part in name.split("."):
         if not isinstance(node, dict) or part not in node:
             keys = [f"{k}.{sub}" for k, v in metrics.items() if isinstance(v, dict) for sub in v]
-            raise KeyError(f"metric {name!r} is not in metrics.json; numeric keys there: {', '.join(keys)}")
+            raise UnknownNameError(f"metric {name!r} is not in metrics.json; numeric keys there: {', '.join(keys)}")
         node = node[part]
     return float("nan") if node is None else float(node)
 

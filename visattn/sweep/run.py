@@ -14,6 +14,7 @@ from pathlib import Path
 
 from visattn.config import ConfigError, check_name, held_notices
 from visattn.data.datamodule import available_cpus
+from visattn.errors import UnknownNameError
 from visattn.rundir import (
     LOCK,
     SWEEP_MARKER,
@@ -270,13 +271,13 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     is installed; True without it gives n/a cells saying why).
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     if threads_per_run is not None and (not isinstance(threads_per_run, int) or threads_per_run < 1):
-        raise ValueError(f"threads_per_run must be an integer >= 1, got {threads_per_run!r}")
+        raise ConfigError(f"threads_per_run must be an integer >= 1, got {threads_per_run!r}")
     if cpus_per_run < 0 or gpus_per_run < 0 or cpus_per_run + gpus_per_run == 0:
-        raise ValueError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
+        raise ConfigError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
                          f"{gpus_per_run}")
     plans = expand(spec)
     sweep_dir = Path(out) / check_name(spec.default_name() if name is None else name, what="sweep")
@@ -357,7 +358,7 @@ def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_t
     metric = spec.metric_name
     results = [_checked(sweep_dir, r) for r in collect(sweep_dir, plans, metric)]
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
-        raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
+        raise UnknownNameError(next(r.error for r in results if "not in metrics.json" in r.error))
     ort = ort_available() is None if ort_latency is None else ort_latency
     latency, info = measure_latencies(sweep_dir, results, threads=latency_threads, ort=ort)
     rows = summarize(results, latency, metric=metric, ort=info.get("ort"))
