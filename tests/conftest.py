@@ -12,3 +12,22 @@ import os
 # keeps testing the bf16-mixed path; subprocesses inherit the setting. README "Known problems" says the same for
 # users.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+
+import pytest  # noqa: E402 - after the oneDNN cap above, which must precede anything that may import torch
+
+# The suite's one tiny classification run (1 epoch, ResNet-18 at base width 4, 48 digits at 16x16): the safety
+# tests copy it, tests/test_rundir.py reads it. Trained once per session instead of once per test file.
+TINY_RUN = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,
+            "backbone": "resnet18", "backbone_args": {"base_width": 4}, "warmup_epochs": 0.5, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished tiny run directory (``TINY_RUN``, AdamW), the metrics ``train`` returned and ``TINY_RUN``. Read
+    it or copy it; never change it (other test files share it)."""
+    from visattn.config import make_config
+    from visattn.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    metrics = train(make_config({}, {**TINY_RUN, "out": str(out), "name": "run"}))
+    return out / "run", metrics, dict(TINY_RUN)

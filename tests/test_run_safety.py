@@ -23,7 +23,7 @@ from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config
 from visattn.errors import USER_ERRORS
 from visattn.rundir import ERROR_FILE, RUN_MARKER, DirLock, create_marker, save_config, write_json_atomic
-from visattn.train import prepare, train
+from visattn.train import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,
@@ -66,11 +66,11 @@ def fake_run(folder: Path, *, config: bool = True) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One finished tiny run (1 epoch); tests copy it."""
-    out = tmp_path_factory.mktemp("trained")
-    train(tiny(out, name="run"))
-    return out / "run"
+def trained(tiny_run) -> Path:
+    """One finished tiny run (1 epoch, AdamW): conftest's session run, trained with ``TINY``; tests copy it."""
+    run_dir, _, values = tiny_run
+    assert values == TINY, "conftest.TINY_RUN and this file's TINY must stay the same run"
+    return run_dir
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:

@@ -75,11 +75,11 @@ def user_folder(root: Path, *, config: str | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished tiny run (1 epoch, AdamW); tests copy it."""
-    out = tmp_path_factory.mktemp("trained")
-    train(make_config({}, {**TINY, "out": str(out), "name": "run"}))
-    return out / "run"
+def trained(tiny_run) -> Path:
+    """One finished tiny run (1 epoch, AdamW): conftest's session run, trained with ``TINY``; tests copy it."""
+    run_dir, _, values = tiny_run
+    assert values == TINY, "conftest.TINY_RUN and this file's TINY must stay the same run"
+    return run_dir
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:
