@@ -20,7 +20,11 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.detection import MeanAveragePrecision
 
 from visattn.errors import ConfigError, DataError
-from visattn.rundir import write_figure
+from visattn.export import load, load_run, read_run_files
+from visattn.perf import resolve_precision
+from visattn.rundir import read_run_config, write_figure, write_json_atomic
+from visattn.tasks.common import quiet_lightning
+from visattn.tasks.factory import build_datamodule, build_module
 
 SPLITS = ("test", "val")
 
@@ -60,8 +64,6 @@ class ConfusionCallback(L.Callback):
 def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -> tuple[nn.Module, Any, str]:
     """(eval-mode model, its ``ModelSpec``, a label): a run checkpoint read with ``weights_only=True``
     (``visattn.models.read_state_dict``), or an export folder's model.json + model.safetensors."""
-    from visattn.export import load, load_run
-
     if export is None:
         model, spec = load_run(run_dir, checkpoint=checkpoint)
         return model, spec, f"checkpoint {checkpoint}"
@@ -75,8 +77,6 @@ def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -
 
 def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | Path) -> None:
     """An export evaluated with a run must be of the run's task and (when the run recorded it) class count."""
-    from visattn.export import read_run_files
-
     _, metrics = read_run_files(run_dir)
     classes = metrics.get("num_classes")
     mismatch = []
@@ -136,11 +136,6 @@ def evaluate_run(
     ``data`` other than the run's starts from that data set's defaults (``data_dir`` and options are not
     carried over); it must have the run's number of classes.
     """
-    from visattn.tasks.common import quiet_lightning
-    from visattn.tasks.factory import build_datamodule, build_module
-    from visattn.train import write_json_atomic
-    from visattn.visualize import read_run_config
-
     if split not in SPLITS:
         raise ConfigError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")
     for name, value in (("batch_size", batch_size), ("limit", limit)):
@@ -177,7 +172,6 @@ def evaluate_run(
     else:
         confusion = ConfusionCallback(spec.num_classes)
         callbacks.append(confusion)
-    from visattn.perf import resolve_precision
 
     precision, _ = resolve_precision(config.precision, accelerator=config.accelerator)  # "auto": as training chose
     trainer = L.Trainer(accelerator=config.accelerator, devices=1, logger=False, callbacks=callbacks,

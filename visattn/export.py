@@ -29,7 +29,7 @@ from visattn.errors import ConfigError, ExportError
 from visattn.models.spec import ModelSpec
 from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
-from visattn.rundir import find_checkpoint, read_run_files
+from visattn.rundir import find_checkpoint, is_regular, read_file, read_run_files
 
 MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
 FP32_TOLERANCE = 1e-4
@@ -71,8 +71,6 @@ def read_export_values(folder: str | Path) -> dict[str, Any]:
     """An export folder's model.json, checked: valid JSON of spec keys only, a known task, whole-number sizes,
     class names matching the class count, and equal to the spec report.json recorded when the export was verified
     (an edited model.json would silently predict something else). One-line ``ExportError`` otherwise."""
-    from visattn.rundir import read_file
-
     folder = Path(folder)
     path = folder / "model.json"
     try:
@@ -405,8 +403,6 @@ def _carry_over(target: Path, staging: Path, report: dict[str, Any], formats: Se
     """Keep the previous export's files of the formats not exported now, when they were made from the same
     checkpoint file with the same spec and settings (as its report.json records); returns (kept files, removed
     files with the reason). Their report entries are kept with them."""
-    from visattn.rundir import is_regular, read_file
-
     try:
         previous = json.loads(read_file(target / "report.json"))
     except (OSError, ValueError):

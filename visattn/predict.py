@@ -12,7 +12,11 @@ import numpy as np
 from PIL import Image
 
 from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, over_pixel_limit, pil_to_rgb
+from visattn.data.datamodule import image_files
+from visattn.data.detect.transforms import letterbox, unletterbox
+from visattn.data.transforms import build_eval_transform
 from visattn.errors import ConfigError, ExportError
+from visattn.export import read_export_values
 from visattn.rundir import check_output_dir, check_output_file, claim_output_dir, write_atomic
 
 CLASSIFY_FIELDS = ["image", "class", "index", "probability"]
@@ -86,8 +90,6 @@ def onnx_runner(model_path: Path) -> tuple[Any, int | None]:
     """An onnxruntime session and its fixed batch size (None when the export has a dynamic batch dimension)."""
     import onnxruntime as ort
 
-    from visattn.export import ExportError
-
     if not model_path.is_file():
         raise FileNotFoundError(f"ONNX model {model_path} not found (export it with visattn export --format onnx)")
     try:
@@ -126,9 +128,6 @@ def preprocess_files(paths: list[Path], spec: dict[str, Any]) -> np.ndarray:
     One preprocessing for validation, evaluate and predict: ``image_files`` + ``build_eval_transform`` rebuilt
     from model.json (img_size, mean, std), so a prediction sees exactly the input validation saw.
     """
-    from visattn.data.datamodule import image_files
-    from visattn.data.transforms import build_eval_transform
-
     size = spec["img_size"]
     transform = build_eval_transform(img_size=size, mean=spec["mean"], std=spec["std"])
     files = image_files(list(paths), np.zeros(len(paths), np.int64), img_size=size, transform=transform)
@@ -143,8 +142,6 @@ def preprocess(path: Path, spec: dict[str, Any]) -> np.ndarray:
 def read_spec(model_path: Path) -> dict[str, Any]:
     """The export's model.json, checked (``visattn.export.read_export_values``: valid, and as report.json
     recorded)."""
-    from visattn.export import read_export_values
-
     folder = model_path if model_path.is_dir() else model_path.parent
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder / 'model.json'} not found: predict needs the model.json that tools/export.py "
@@ -262,8 +259,6 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, l
 def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict[str, Any], batch_size: int,
                              out_csv: str | Path | None, save_dir: str | Path | None,
                              conf_threshold: float | None) -> list[dict[str, Any]]:
-    from visattn.data.detect.transforms import letterbox, unletterbox
-
     exported_at = float(spec.get("conf_threshold", 0.25))
     threshold = exported_at if conf_threshold is None else float(conf_threshold)
     if not 0.0 <= threshold < 1.0:

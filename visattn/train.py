@@ -55,6 +55,7 @@ from visattn.tasks.common import (
     EpochSummary,
     NonFiniteLossError,
     ThroughputMonitor,
+    make_optimizer,
     quiet_lightning,
 )
 from visattn.tasks.factory import build_datamodule, build_module, model_spec, task_of
@@ -142,8 +143,6 @@ def check_optimizer_state(path: Path, saved: Any, fresh: torch.optim.Optimizer, 
 
 def make_run_optimizer(module: L.LightningModule, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser ``fit`` will build, made now so that a value torch refuses stops the set-up, not the run."""
-    from visattn.tasks.common import make_optimizer
-
     try:
         return make_optimizer(module.model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                               momentum=config.momentum)

@@ -10,14 +10,19 @@ import torch
 from torch import nn
 
 from visattn.data.base import IMAGE_EXTENSIONS
+from visattn.data.datamodule import image_files
+from visattn.data.transforms import eval_resize
 from visattn.errors import ConfigError, DataError
+from visattn.export import load_run
+from visattn.rundir import check_output_dir, claim_output_dir, read_run_config
+from visattn.tasks.factory import build_datamodule
+from visattn.viz.figures import to_inputs, write_figures
+from visattn.viz.measure import box_mass_report
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: bool = False) -> tuple[nn.Module, Any]:
     """The eval-mode model of a run and its ``ModelSpec``; ``untrained``: the same architecture, freshly
     initialised with the run's seed (the reference a trained model is compared with)."""
-    from visattn.export import load_run
-
     model, spec = load_run(run_dir, checkpoint=checkpoint)
     if untrained:
         torch.manual_seed(int(read_run_config(run_dir).seed))
@@ -25,21 +30,9 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: 
     return model, spec
 
 
-def read_run_config(run_dir: str | Path) -> Any:
-    from visattn.config import FIELDS, held_notices, make_config
-    from visattn.export import read_run_files
-
-    values, _ = read_run_files(Path(run_dir))
-    with held_notices():  # the run's own settings: no "default chosen" notes
-        return make_config({}, {k: v for k, v in values.items() if k in FIELDS}, source=str(Path(run_dir) /
-                                                                                            "config.yaml"))
-
-
 def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
     """The run's classification data module (its data set, size, options), or data set ``data`` at its size."""
     from dataclasses import replace
-
-    from visattn.tasks.factory import build_datamodule
 
     config = read_run_config(run_dir)
     if config.task != "classify":
@@ -55,9 +48,6 @@ def read_image_folder(folder: str | Path, *, size: int, n: int) -> tuple[np.ndar
 
     Decoded and resized as validation does (``image_files``, ``eval_resize``); the figures normalise them after.
     """
-    from visattn.data.datamodule import image_files
-    from visattn.data.transforms import eval_resize
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -86,9 +76,6 @@ def visualize_run(
     Default ``out``: ``<run>/figures/<checkpoint>`` (``untrained`` for the fresh model). Returns the PNG paths,
     ``index.png`` first.
     """
-    from visattn.rundir import check_output_dir, claim_output_dir
-    from visattn.viz.figures import write_figures
-
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     out = Path(out) if out is not None else Path(run_dir) / "figures" / ("untrained" if untrained else checkpoint)
@@ -119,9 +106,6 @@ def measure_run(
     with_gradcam: bool = True,
 ) -> dict[str, float]:
     """``box_mass_report`` of a run's model over the first ``n`` images of ``split`` (a data set with boxes)."""
-    from visattn.viz.figures import to_inputs
-    from visattn.viz.measure import box_mass_report
-
     model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
     datamodule = run_datamodule(run_dir, data=data)
     raw = datamodule.raw_samples(split, n)

@@ -17,6 +17,7 @@ from typing import Any
 
 from visattn.data.datamodule import available_cpus
 from visattn.errors import ConfigError
+from visattn.perf import peaks_for_runs, precision_dtype, resolve_precision
 from visattn.rundir import CHECKPOINTS, read_file, run_error, write_atomic
 from visattn.sweep.worker import ERROR_MARK, child_main, context
 
@@ -92,8 +93,6 @@ def run_peaks(values: Sequence[dict[str, Any]], *, threads: int) -> list[dict[st
     is measured while another run trains. Runs on a GPU measure their own (a GPU's peak is not disturbed by a
     neighbour's CPU work); a run whose hardware key differs (another Ray node) ignores these and measures."""
     import torch
-
-    from visattn.perf import peaks_for_runs, precision_dtype, resolve_precision
 
     dtypes = set()
     for run in values:

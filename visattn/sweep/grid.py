@@ -20,6 +20,7 @@ from visattn.errors import UnknownNameError
 from visattn.models.build import list_slots, normalise_specs
 from visattn.models.spec import ModelSpec
 from visattn.registry import ATTENTION, check_kwargs, did_you_mean
+from visattn.rundir import read_file, write_atomic
 from visattn.tasks.factory import TASKS, build_datamodule
 
 SPEC_KEYS = ("name", "backbone", "attn", "at", "seeds", "metric", "reference", "train", "grid")
@@ -329,8 +330,6 @@ def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, 
     """Write ``sweep.json`` (with ``sweep_id``, the id of the directory's marker); returns the run ids this grid adds
     to the one already there (more seeds or more configurations, every earlier run unchanged), and refuses a grid
     that drops or changes an earlier run."""
-    from visattn.rundir import read_file, write_atomic
-
     path = sweep_dir / "sweep.json"
     new = json.loads(json.dumps({p.run_id: p.values for p in plans}))
     added: list[str] = []
@@ -357,8 +356,6 @@ def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, 
 
 
 def read_sweep_file(sweep_dir: Path) -> tuple[SweepSpec, list[RunPlan]]:
-    from visattn.rundir import read_file
-
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); tools/sweep.py makes them")

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visattn.complexity import measure_latency
 from visattn.errors import UnknownNameError
+from visattn.export import DEFAULT_OPSET, export_onnx
 from visattn.models.spec import ModelSpec
 from visattn.perf import cpu_model
 from visattn.rundir import METRICS_FILE, is_regular, read_metrics, read_metrics_csv, read_run_files, write_atomic
@@ -572,8 +574,6 @@ def ort_session(model: Any, size: tuple[int, int, int, int], folder: Path, *,
     import onnxruntime as ort
     import torch
 
-    from visattn.export import DEFAULT_OPSET, export_onnx
-
     model.eval()
     example = torch.randn(*size)
     with torch.no_grad():
@@ -613,8 +613,6 @@ def measure_latencies(sweep_dir: Path, results: list[RunResult], *, threads: int
     export leaves a note, never an error: the column is a convenience, the sweep's results are not.
     """
     import torch
-
-    from visattn.complexity import measure_latency
 
     path = sweep_dir / "latency.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}

@@ -19,7 +19,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from visattn.errors import NonFiniteLossError
-from visattn.perf import amx_bf16_hint
+from visattn.perf import achieved_flops, amx_bf16_hint, describe_peak, mfu, palm_mfu, theoretical_peak
+from visattn.rundir import atomic_file
 from visattn.tasks.finetune import attn_lr_scales
 
 
@@ -149,8 +150,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     never leaves half a checkpoint, and a failed write (a full disk) removes its temporary file and names the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        from visattn.rundir import atomic_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as handle:
@@ -203,8 +202,6 @@ class ThroughputMonitor(L.Callback):
         return self.time_before + (now - self.part_start)
 
     def _epoch_stats(self, pl_module: L.LightningModule | None) -> dict[str, float]:
-        from visattn.perf import achieved_flops, mfu, palm_mfu
-
         elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
         macs = getattr(pl_module, "complexity", {}).get("macs") or 0
         flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
@@ -296,8 +293,6 @@ class ThroughputMonitor(L.Callback):
     def summary(self) -> dict[str, Any]:
         """Means over the epochs run (what metrics.json reports), and the peaks they were measured against, with a
         phrase naming each denominator."""
-        from visattn.perf import describe_peak, theoretical_peak
-
         out: dict[str, Any] = {}
         for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "matmul_peak_share", "palm_mfu"):
             values = [h[key] for h in self.history if key in h]
