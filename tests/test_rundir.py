@@ -62,7 +62,7 @@ def test_the_logged_rows_and_checkpoints_are_where_readers_look(tiny_run):
 
 def test_the_model_readers_rebuild_the_trained_model(tiny_run):
     from visattn.export import load_run
-    from visattn.sweep.report import rebuild_model
+    from visattn.sweep.latency import rebuild_model
 
     run_dir, _, values = tiny_run
     model, spec = load_run(run_dir)  # strict state-dict load: the spec matches the checkpoint

@@ -253,7 +253,7 @@ def test_onnxruntime_latency_column_next_to_eager(killed_and_resumed, tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("no ONNX for you")
 
-    monkeypatch.setattr("visattn.sweep.report.ort_session", broken)
+    monkeypatch.setattr("visattn.sweep.latency.ort_session", broken)
     (sweep_dir / "latency.json").unlink()
     result = report_sweep(sweep_dir, ort_latency=True, echo=False)
     assert all(r.ort_latency_ms is None for r in result.summary)

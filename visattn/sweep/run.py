@@ -52,14 +52,13 @@ from visattn.sweep.grid import (
     expand,
     read_sweep_file,
 )
+from visattn.sweep.latency import measure_latencies, ort_available
 from visattn.sweep.plots import write_plots
 from visattn.sweep.report import (
     ConfigSummary,
     RunResult,
     collect,
-    measure_latencies,
     metric_value,
-    ort_available,
     print_table,
     summarize,
     write_results_csv,
