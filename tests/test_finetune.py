@@ -68,6 +68,19 @@ def test_pretrained_run_reports_no_change_and_starts_at_the_base_accuracy(base_r
 
     paper = train(quick(tmp_path, name="ft-paper", attn="cbam", pretrained=weights, attn_init="paper"))
     assert paper["pretrained"]["output_change"] > 1e-3  # the published gates start near 0.5
+    assert paper["pretrained"]["attn_init"] == "paper"
+    own = train(quick(tmp_path, name="ft-own", attn={"block": "cbam", "args": {"init": "paper"}}, pretrained=weights))
+    assert own["pretrained"]["attn_init"] == "paper"  # the block's own init is what ran, not the run-wide default
+    assert own["pretrained"]["output_change"] == paper["pretrained"]["output_change"]
+
+
+def test_effective_init_reports_what_the_blocks_start_with():
+    from visattn.config import effective_init
+
+    assert effective_init("se", "identity") == "identity" and effective_init("none", "identity") is None
+    assert effective_init({"block": "se", "args": {"init": "paper"}}, "identity") == "paper"
+    mixed = [{"block": "se", "at": "layer1.*"}, {"block": "cbam", "args": {"init": "paper"}}]
+    assert effective_init(mixed, "identity") == "identity+paper" and effective_init(None, "paper") is None
 
 
 def test_identity_run_exports_and_reloads_with_its_init(base_run, tmp_path):

@@ -148,6 +148,21 @@ def uses_default_init(attn: Any) -> bool:
     return False
 
 
+def effective_init(attn: Any, attn_init: str) -> str | None:
+    """The init the blocks of ``attn`` start with: a block's own ``args.init`` wins over ``attn_init``. ``None``
+    without blocks; the inits joined by ``+`` when blocks differ (``"paper+identity"``)."""
+    items = [] if attn is None else [attn] if isinstance(attn, (str, Mapping)) else list(attn)
+    inits: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            init = None if item == "none" else attn_init
+        else:
+            init = None if item.get("block") == "none" else str((item.get("args") or {}).get("init", attn_init))
+        if init is not None and init not in inits:
+            inits.append(init)
+    return "+".join(inits) or None
+
+
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 NAME_SIGNS = "._-@+="  # besides letters and digits, what a run or sweep name may hold
 

@@ -25,6 +25,7 @@ from visattn.config import (
     TrainConfig,
     attn_label,
     check_name,
+    effective_init,
     global_rank,
 )
 from visattn.models.weights import measure_output_change
@@ -443,7 +444,8 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
         "device": str(module.device),
     }
     if config.pretrained:
-        metrics["pretrained"] = {"file": config.pretrained, "attn_init": config.attn_init, "freeze": config.freeze,
+        metrics["pretrained"] = {"file": config.pretrained,
+                                 "attn_init": effective_init(config.attn, config.attn_init), "freeze": config.freeze,
                                  "freeze_bn": config.freeze_bn, "attn_lr_scale": config.attn_lr_scale, **start_info}
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)

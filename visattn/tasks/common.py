@@ -117,6 +117,12 @@ def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def _precision(module: L.LightningModule) -> str:
+    """The Lightning precision string of the module's trainer; ``"32"`` for a module stepped without one."""
+    trainer = module._trainer  # the public property raises when the module is used outside a Trainer
+    return "32" if trainer is None else str(trainer.precision)
+
+
 def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dict[str, torch.Tensor],
                       batch_idx: int) -> None:
     """Raise :class:`NonFiniteLossError` naming the step and the loss terms when ``total`` is not finite."""
@@ -126,7 +132,7 @@ def check_finite_loss(module: L.LightningModule, total: torch.Tensor, terms: dic
     raise NonFiniteLossError(
         f"non-finite training loss at step {module.global_step + 1} (epoch {module.current_epoch + 1}, batch "
         f"{batch_idx + 1}): {shown}; lr {module.hparams.get('lr')}. Training stopped."
-        + amx_bf16_hint(str(module.trainer.precision), module.device.type)
+        + amx_bf16_hint(_precision(module), module.device.type)
     )
 
 
