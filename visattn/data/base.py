@@ -84,8 +84,8 @@ def check_dataset_options(name: str, loader: Callable[..., Any], options: Mappin
     own = [arg for arg in keyword_names(loader) if arg not in shared]
     for key, value in (options or {}).items():
         if key not in own:
-            raise DataError(f"data set {name!r} does not use {key} (got {value!r}).{nearest(str(key), own)} "
-                            f"Its own options: {', '.join(own) or '(none)'}.")
+            raise DataError(f"data set {name!r} does not use {key} (got {value!r}): unknown option {key!r}."
+                            f"{nearest(str(key), own)} Its own options: {', '.join(own) or '(none)'}.")
     return dict(options or {})
 
 
