@@ -65,6 +65,9 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (activations) + backward (weig
 # CPU flags that give bf16 matmuls native arithmetic (AMX tiles on Intel Sapphire Rapids+, AVX512-BF16 on
 # Cooper Lake / AMD Zen 4+); without them oneDNN emulates bf16 and autocast is usually slower than fp32.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# Set (to anything but "0") to make `auto` choose fp32 on this machine's CPU: a way round oneDNN's bf16 kernel bugs
+# (README, "Known problem"); the test suite sets it.
+NO_CPU_BF16_ENV = "VISATTN_NO_CPU_BF16"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEAK_SIZES = (256, 512, 1024, 2048)  # square torch.mm sizes whose best rate is the measured peak
 # Theoretical dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets, by a substring of
@@ -212,7 +215,7 @@ def peak_identity(dtype: str, *, device: str | torch.device = "cpu", threads: in
     """
     device = torch.device(device)
     identity: dict[str, Any] = {"device": device.type, "name": name or _device_name(device), "dtype": dtype,
-                                "torch": torch_version or torch.__version__}
+                                "torch": str(torch_version or torch.__version__)}
     if device.type == "cpu":
         identity["flags"] = sorted(cpu_flags() if flags is None else flags)
         identity["cores"] = cores if cores is not None else (os.cpu_count() or 1)
@@ -372,6 +375,8 @@ def resolve_precision(precision: str, *, accelerator: str = "auto", flags: froze
         if cuda_bf16:
             return "bf16-mixed", "auto: CUDA device supports bf16"
         return "32", "auto: CUDA device without bf16 support"
+    if flags is None and os.environ.get(NO_CPU_BF16_ENV, "") not in ("", "0"):
+        return "32", f"auto: {NO_CPU_BF16_ENV} is set"
     found = sorted((cpu_flags() if flags is None else flags) & set(BF16_CPU_FLAGS))
     if found:
         return "bf16-mixed", f"auto: CPU has {', '.join(found)}"
