@@ -140,6 +140,7 @@ def test_sweep_measures_once_before_its_runs_and_hands_the_peaks_over(monkeypatc
         calls.append((dtype, torch.get_num_threads()))
         return 7e10
 
+    monkeypatch.delenv(perf.NO_CPU_BF16_ENV, raising=False)  # the suite's setting (conftest): `auto` as on a user's CPU
     monkeypatch.setattr(perf, "measure_matmul_peak", fake_measure)
     monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
     threads = torch.get_num_threads()
