@@ -12,6 +12,10 @@ import os
 # keeps testing the bf16-mixed path; subprocesses inherit the setting. README "Known problems" says the same for
 # users.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+# The cap was not enough: a full suite run later still met a tiny (4-channel) bf16 run whose saved weights held NaN
+# (1 of ~800 tests; an export check then failed on them). So `precision: auto` means fp32 in the suite; the tests that
+# exercise bf16 ask for it explicitly (and the auto rule's own tests pass the CPU flags in, or unset this).
+os.environ.setdefault("VISATTN_NO_CPU_BF16", "1")
 
 import pytest  # noqa: E402 - after the oneDNN cap above, which must precede anything that may import torch
 

@@ -2,7 +2,7 @@
 circle. Imports inside functions count too. The floors, bottom to top (ARCHITECTURE in the README):
 
     errors, lazy, registry, safe_yaml -> layers, ops -> attention | backbones | necks | heads | losses | data
-    -> models, complexity, perf -> config -> rundir -> tasks | viz -> train
+    -> models, complexity, perf -> config -> rundir -> tasks | viz | results -> train
     -> evaluate | export | predict | visualize | sweep -> cli -> __main__, commands
 """
 
@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("models", "complexity", "perf"),
     ("config",),
     ("rundir",),
-    ("tasks", "viz"),
+    ("tasks", "viz", "results"),
     ("train",),
     ("evaluate", "export", "predict", "visualize", "sweep"),
     ("cli",),

@@ -140,6 +140,7 @@ def test_sweep_measures_once_before_its_runs_and_hands_the_peaks_over(monkeypatc
         calls.append((dtype, torch.get_num_threads()))
         return 7e10
 
+    monkeypatch.delenv(perf.NO_CPU_BF16_ENV, raising=False)  # the suite's setting (conftest): `auto` as on a user's CPU
     monkeypatch.setattr(perf, "measure_matmul_peak", fake_measure)
     monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
     threads = torch.get_num_threads()
@@ -348,6 +349,7 @@ def test_run_records_what_precision_auto_chose_and_why(tmp_path, monkeypatch, fl
 
     from visattn.train import train
 
+    monkeypatch.delenv(perf.NO_CPU_BF16_ENV, raising=False)  # the suite's setting (conftest): this test is about auto
     monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset(flags))
     monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 1e9)
     config = make_config({}, dict(data="digits", img_size=16, epochs=1, batch_size=16, limit=32, num_workers=0,
@@ -391,3 +393,11 @@ def test_amx_bf16_hint_names_the_onednn_bug_only_where_it_applies():
     assert amx_bf16_hint("bf16-mixed", "cuda", flags=amx, environ={}) == ""
     assert amx_bf16_hint("bf16-mixed", "cpu", flags=frozenset({"avx512_bf16"}), environ={}) == ""
     assert amx_bf16_hint("bf16-mixed", "cpu", flags=amx, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == ""
+
+
+def test_the_no_cpu_bf16_variable_makes_auto_choose_fp32(monkeypatch):
+    monkeypatch.setenv(perf.NO_CPU_BF16_ENV, "1")
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    assert perf.resolve_precision("auto", cuda_available=False) == ("32", "auto: VISATTN_NO_CPU_BF16 is set")
+    monkeypatch.setenv(perf.NO_CPU_BF16_ENV, "0")
+    assert perf.resolve_precision("auto", cuda_available=False)[0] == "bf16-mixed"

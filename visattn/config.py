@@ -111,8 +111,10 @@ class TrainConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        # a default name is made a valid folder name (check_name): e.g. an ``at`` glob's brackets
-        return re.sub(r"[^\w.@+=-]", "_", f"{self.data}-{self.backbone}-{attn_label(self.attn)}-s{self.seed}")
+        # a default name is made a valid folder name (check_name): e.g. an ``at`` glob's brackets;
+        # timm:convnext_atto -> timm-convnext_atto
+        backbone = self.backbone.replace(":", "-")
+        return re.sub(r"[^\w.@+=-]", "_", f"{self.data}-{backbone}-{attn_label(self.attn)}-s{self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -425,6 +427,17 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     scale = config.attn_lr_scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ConfigError(f"attn_lr_scale must be a finite number >= 0, got {scale!r}")
+    # timm's way to name a weights file: a run loads it as `pretrained` (reported, checked, blocks as the identity)
+    overlay = config.backbone_args.get("pretrained_cfg_overlay")
+    if overlay is not None:
+        if not isinstance(overlay, Mapping) or set(overlay) != {"file"}:
+            raise ConfigError(f"backbone_args.pretrained_cfg_overlay must be {{file: PATH}} (a local weights file; "
+                              f"nothing is downloaded), got {overlay!r}")
+        if config.pretrained and str(config.pretrained) != str(overlay["file"]):
+            raise ConfigError(f"weights given twice: pretrained {config.pretrained!r} and "
+                              f"backbone_args.pretrained_cfg_overlay {overlay!r}; give one")
+        config.pretrained = str(overlay["file"])
+        config.backbone_args = {k: v for k, v in config.backbone_args.items() if k != "pretrained_cfg_overlay"}
     if config.attn_init not in ATTN_INITS:
         raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {config.attn_init!r}")
     if config.attn_init == "auto":

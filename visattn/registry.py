@@ -24,12 +24,19 @@ class Registry(Generic[T]):
     A package ``declare``s the names each of its files registers, so that the names can be listed (``names()``,
     ``in``; ``visattn train --help``) without importing those files and torch with them; the file is imported on
     the first ``get`` of one of its names. A test checks that every file registers exactly what is declared.
+
+    A family of names ``<prefix>:<rest>`` (timm's zoo is ``timm:<name>``) is declared the same way with
+    ``declare_family(module, prefix, text)``; importing the module calls ``register_family(prefix, resolve, text)``
+    and ``resolve(rest)`` then returns the constructor of any such name that no entry has, or raises
+    ``UnknownNameError`` saying why. A family's names are not enumerated in ``names()``; ``families()`` describes them.
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._declared: dict[str, str] = {}  # name -> the module that registers it when imported
+        self._families: dict[str, tuple[Callable[[str], T], str]] = {}
+        self._declared_families: dict[str, tuple[str, str]] = {}  # prefix -> (module, text)
 
     def declare(self, module: str, *names: str) -> None:
         """Importing ``module`` registers ``names``."""
@@ -45,6 +52,14 @@ class Registry(Generic[T]):
             out.setdefault(module, []).append(name)
         return out
 
+    def declare_family(self, module: str, prefix: str, text: str) -> None:
+        """Importing ``module`` registers the family ``<prefix>:<name>``, described in listings by ``text``."""
+        if not prefix or ":" in prefix:
+            raise ValueError(f"{self.kind} family prefix must be a non-empty name without ':', got {prefix!r}")
+        if prefix in self._declared_families or prefix in self._families:
+            raise ValueError(f"{self.kind} family {prefix!r} is already declared or registered")
+        self._declared_families[prefix] = (module, text)
+
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             owner = self._declared.get(name, getattr(obj, "__module__", None))
@@ -56,6 +71,24 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_family(self, prefix: str, resolve: Callable[[str], T], text: str) -> None:
+        """Names ``<prefix>:<rest>`` resolve through ``resolve(rest)``; ``text`` describes them in listings."""
+        if not prefix or ":" in prefix:
+            raise ValueError(f"{self.kind} family prefix must be a non-empty name without ':', got {prefix!r}")
+        if prefix in self._families:
+            raise ValueError(f"{self.kind} family {prefix!r} is already registered")
+        declared = self._declared_families.get(prefix)
+        if declared is not None and declared != (getattr(resolve, "__module__", None), text):
+            raise ValueError(f"{self.kind} family {prefix!r} is declared as {declared}, registered by "
+                             f"{getattr(resolve, '__module__', None)!r} as {text!r}")
+        self._families[prefix] = (resolve, text)
+
+    def families(self) -> list[str]:
+        """How each prefix family's names are written, e.g. ``timm:<name> (any of timm.list_models())``."""
+        texts = {prefix: text for prefix, (_, text) in self._declared_families.items()}
+        texts.update({prefix: text for prefix, (_, text) in self._families.items()})
+        return list(texts.values())
+
     def get(self, name: str) -> T:
         if not isinstance(name, str):
             raise BadArgumentError(f"{self.kind} name must be a string, got {type(name).__name__}")
@@ -63,13 +96,22 @@ class Registry(Generic[T]):
             importlib.import_module(self._declared[name])  # registers it
             if name not in self._entries:  # a bug: the declaration and the file disagree
                 raise RuntimeError(f"{self._declared[name]} is declared to register {self.kind} {name!r} but did not")
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            names = self.names()
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} Valid {self.kind} names: {', '.join(names)}"
-            ) from None
+        prefix, colon, rest = name.partition(":")
+        if colon and prefix not in self._families and prefix in self._declared_families:
+            module = self._declared_families[prefix][0]
+            importlib.import_module(module)  # registers the family
+            if prefix not in self._families:
+                raise RuntimeError(f"{module} is declared to register the {self.kind} family {prefix!r} but did not")
+        if colon and prefix in self._families:
+            return self._families[prefix][0](rest)
+        names = self.names()
+        families = f"; or {', '.join(self.families())}" if self.families() else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} Valid {self.kind} names: {', '.join(names)}"
+            f"{families}"
+        )
 
     def names(self) -> list[str]:
         return sorted({*self._entries, *self._declared})

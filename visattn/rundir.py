@@ -577,9 +577,12 @@ def claim_run_dir(run_dir: Path, *, out: str | Path, resume: bool, overwrite: bo
                 raise ConfigError(f"cannot resume {run_dir}: it was stopped before its set-up finished; there is "
                                   "nothing to resume (start it again with --overwrite)")
         elif why_not is not None:
-            verb = "--overwrite refused" if overwrite else "refused"
-            raise ConfigError(f"{verb}: {run_dir} was not made by visattn ({why_not}), so it is not deleted and "
-                              "nothing is written into it; choose another --name or --out")
+            if overwrite:
+                raise ConfigError(f"--overwrite refused: {run_dir} was not made by visattn ({why_not}), so it is "
+                                  "not deleted and nothing is written into it; choose another --name or --out")
+            raise ConfigError(f"refused: {run_dir} already exists and was not made by visattn ({why_not}), so "
+                              "nothing is written into it (--overwrite would not delete it either); choose another "
+                              "--name or --out")
         elif not leftovers and not overwrite:
             raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
                               "--overwrite to replace it, or --name to choose another")

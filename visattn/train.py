@@ -31,6 +31,7 @@ from visattn.config import (
 from visattn.models.weights import measure_output_change
 from visattn.perf import cpu_model, resolve_precision
 from visattn.registry import check_kwargs
+from visattn.results import ResultsCollector, write_run_results
 from visattn.rundir import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -80,6 +81,7 @@ class PreparedRun:
     throughput: ThroughputMonitor
     resume_from: Path | None
     lock: DirLock | None = None  # held from set-up to the end of fit (None in DDP child processes)
+    results: Any = None  # visattn.results.RunResults once fit has written the run's pictures and tables
 
 
 def run_dir_of(config: TrainConfig) -> Path:
@@ -230,6 +232,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         LearningRateMonitor(logging_interval="epoch"),
         throughput,
         BlockStatsMonitor(),  # e.g. an STN's theta statistics, and a warning line for a degenerate grid
+        ResultsCollector(task=config.task),  # per-class results of the final test loop (visattn.results)
     ]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=config.early_stopping))
@@ -450,7 +453,21 @@ def _fit(prepared: PreparedRun) -> dict[str, Any]:
     if trainer.is_global_zero:
         (prepared.run_dir / ERROR_FILE).unlink(missing_ok=True)
         write_json_atomic(prepared.run_dir / METRICS_FILE, metrics)
+        prepared.results = run_results(prepared)
     return metrics
+
+
+def run_results(prepared: PreparedRun) -> Any:
+    """The run's pictures and per-class table (``visattn.results``); a failure there is reported, and the run,
+    whose metrics.json is written, still succeeds."""
+    try:
+        return write_run_results(trainer=prepared.trainer, module=prepared.module, datamodule=prepared.datamodule,
+                                 run_dir=prepared.run_dir, task=prepared.config.task,
+                                 monitor=task_of(prepared.config.task).monitor)
+    except Exception as err:  # noqa: BLE001 - the trained run matters more than its pictures
+        print(f"visattn: warning: the run's pictures and per-class table were not written: "
+              f"{type(err).__name__}: {err}", file=sys.stderr)
+        return None
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

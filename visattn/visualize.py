@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from visattn.errors import ConfigError, DataError
 from visattn.export import load_run
 from visattn.rundir import check_output_dir, claim_output_dir, read_run_config
 from visattn.tasks.factory import build_datamodule
+from visattn.viz.capture import capture
 from visattn.viz.figures import to_inputs, write_figures
-from visattn.viz.measure import box_mass_report
+from visattn.viz.gradcam import eval_mode
+from visattn.viz.measure import box_mass_report, check_pattern
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: bool = False) -> tuple[nn.Module, Any]:
@@ -31,13 +35,9 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "best", untrained: 
 
 
 def run_datamodule(run_dir: str | Path, *, data: str | None = None) -> Any:
-    """The run's classification data module (its data set, size, options), or data set ``data`` at its size."""
-    from dataclasses import replace
-
+    """The run's data module (its data set, size, options; classification or detection), or data set ``data``
+    at its size."""
     config = read_run_config(run_dir)
-    if config.task != "classify":
-        raise ConfigError(f"{run_dir} is a {config.task!r} run; attention figures from its data need a classify run "
-                         "(pass --images DIR instead)")
     if data is not None and data != config.data:
         config = replace(config, data=data, data_dir=None, data_args={})
     return build_datamodule(replace(config, num_workers=0))
@@ -89,9 +89,21 @@ def visualize_run(
     else:
         raw = run_datamodule(run_dir, data=data).raw_samples(split, n)
         images, boxes, labels, class_names = raw.images, raw.boxes, raw.labels, raw.class_names
+    check_slot_pattern(model, images[:1], spec, pattern)  # before the folder is claimed: nothing is written
     claim_output_dir(out, flag="--out", made_by="visattn visualize", inputs=inputs)
+    if (out / "index.png").is_file():  # never silently: the earlier figures of this folder are replaced
+        print(f"visattn: replacing the figures written earlier in {out}", file=sys.stderr)
     return write_figures(model, images, mean=spec.mean, std=spec.std, out_dir=out, pattern=pattern, boxes=boxes,
                          labels=labels, class_names=class_names)
+
+
+def check_slot_pattern(model: nn.Module, images: np.ndarray, spec: Any, pattern: str | None) -> None:
+    """Refuse a ``--slot`` glob that matches none of the maps ``model`` records on ``images`` (one forward pass)."""
+    if pattern is None:
+        return
+    with eval_mode(model), torch.no_grad(), capture(model) as maps:
+        model(to_inputs(images, mean=spec.mean, std=spec.std).to(next(model.parameters()).device))
+    check_pattern(pattern, maps)
 
 
 def measure_run(
@@ -105,12 +117,23 @@ def measure_run(
     untrained: bool = False,
     with_gradcam: bool = True,
 ) -> dict[str, float]:
-    """``box_mass_report`` of a run's model over the first ``n`` images of ``split`` (a data set with boxes)."""
+    """``box_mass_report`` of a run's model over the first ``n`` images of ``split`` (a data set with boxes).
+
+    Detection runs measure the union of each image's object boxes, over the images that hold objects; they
+    have no Grad-CAM reference (it needs a classifier).
+    """
     model, spec = load_run_model(run_dir, checkpoint=checkpoint, untrained=untrained)
     datamodule = run_datamodule(run_dir, data=data)
     raw = datamodule.raw_samples(split, n)
     if raw.boxes is None:
         raise DataError(f"data set {datamodule.name!r} records no object boxes; measuring attention mass in boxes "
                          "needs one that does (e.g. cluttered-digits)")
-    inputs = to_inputs(raw.images, mean=spec.mean, std=spec.std)
-    return box_mass_report(model, inputs, raw.boxes, pattern=pattern, with_gradcam=with_gradcam)
+    images, boxes = raw.images, raw.boxes
+    if isinstance(boxes, list):  # detection: one (k, 4) array per image; images without objects have no box
+        keep = [i for i, b in enumerate(boxes) if len(b)]
+        if not keep:
+            raise DataError(f"none of the first {n} {split} images of {datamodule.name!r} holds an object box")
+        images, boxes = images[keep], [boxes[i] for i in keep]
+        with_gradcam = False
+    inputs = to_inputs(images, mean=spec.mean, std=spec.std)
+    return box_mass_report(model, inputs, boxes, pattern=pattern, with_gradcam=with_gradcam)

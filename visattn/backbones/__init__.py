@@ -8,10 +8,12 @@ BACKBONES.declare("visattn.backbones.csp", "csp_n", "csp_s")
 BACKBONES.declare("visattn.backbones.resnet", "resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONES.declare("visattn.backbones.swin", "swin_s", "swin_t")
 BACKBONES.declare("visattn.backbones.vit", "vit_base", "vit_small", "vit_tiny")
+BACKBONES.declare_family("visattn.backbones.timm_family", "timm", "timm:<name> (any of timm.list_models())")
 
 
 def list_backbones() -> list[str]:
-    """Sorted names of every registered backbone."""
+    """Sorted names of every registered backbone (prefix families such as ``timm:<name>`` are not enumerated:
+    ``BACKBONES.families()`` describes them)."""
     return BACKBONES.names()
 
 

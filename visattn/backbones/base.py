@@ -12,11 +12,16 @@ from visattn.errors import BadValueError
 
 @dataclass(frozen=True)
 class StageInfo:
-    """One stage output: the module that produces it, its channel count and its stride to the input."""
+    """One stage output: the module that produces it, its channel count and its stride to the input.
+
+    ``slots``: where the stage's slots live when that is not under ``name`` (a timm model's ``stages.I``), for
+    grouping attention maps by stage; empty means under ``name``.
+    """
 
     name: str
     channels: int
     stride: int
+    slots: str = ""
 
 
 class Backbone(nn.Module):

@@ -36,6 +36,7 @@ from visattn.config import (
 from visattn.data import list_datasets
 from visattn.data.detect import list_detection_datasets
 from visattn.errors import ConfigError
+from visattn.registry import BACKBONES
 from visattn.rundir import CONFIG_FILE, RunFinished, saved_config
 
 
@@ -70,7 +71,7 @@ def img_size_defaults() -> str:
 def choices_text() -> str:
     """The valid backbones, blocks, data sets and packaged configs, for the end of ``--help`` (their names are
     declared, so listing them imports no torch)."""
-    lines = [("backbones", list_backbones()), ("attention blocks", list_attention()),
+    lines = [("backbones", list_backbones() + BACKBONES.families()), ("attention blocks", list_attention()),
              ("data (classify)", list_datasets()), ("data (detect)", list_detection_datasets()),
              ("packaged configs", sorted(k.split("/", 1)[1] for k in packaged_configs()
                                          if not k.startswith("sweeps/")))]
@@ -231,7 +232,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "tools/train.py") -> 
         print(line, file=sys.stderr)
     metrics = fit(prepared)
     if prepared.trainer.is_global_zero:
-        test = ", ".join(f"{k}={v:.4f}" for k, v in metrics["test"].items())
+        from visattn.results import format_test_metrics
+
+        for line in getattr(prepared.results, "lines", []):
+            print(line)
+        test = format_test_metrics(metrics["test"])  # map_small/medium/large only where the split has such objects
         print(f"run: {prepared.run_dir}\ntest: {test}\ntrain time: {metrics['train_time_s']:.1f}s, "
               f"throughput: {metrics['throughput_img_s'] or 0:.0f} img/s, data wait: "
               f"{100 * (metrics['data_wait_frac'] or 0):.1f}% of step time")

@@ -10,15 +10,16 @@ from torch import nn
 
 from visattn.errors import BadValueError
 
-SLOT_ROLES = ("block", "stage", "input", "neck", "csp")
+SLOT_ROLES = ("block", "after_block", "stage", "input", "neck", "csp")
 
 
 class AttentionSlot(nn.Module):
     """An identity that knows its channel count until the builder puts a block in it.
 
     ``role`` tells the builder what kind of place this is ("block": inside a residual block,
-    "stage": after a stage, "input": on the image, "neck"/"csp": in a detection neck). A filled
-    slot holds its block as ``self.block``, so its parameters live under ``<slot name>.block.``.
+    "after_block": after a whole block (timm models), "stage": after a stage, "input": on the image,
+    "neck"/"csp": in a detection neck). A filled slot holds its block as ``self.block``, so its
+    parameters live under ``<slot name>.block.``.
     """
 
     def __init__(self, channels: int, *, role: str = "block") -> None:

@@ -137,7 +137,8 @@ def build_model(
     ``attn``, ``attn_init``: see :func:`fill_slots` (its ``attn`` and ``init``). ``img_size`` is passed to
     backbones that take it (ViT, Swin).
     ``backbone_args``: further keyword arguments of the backbone's builder (e.g. ``depth``), checked
-    against its signature. ``pretrained``: a local weights file, loaded after the slots are filled.
+    against its signature. ``pretrained``: a local weights file, loaded after the slots are filled (a
+    backbone may name its own instead, as ``pretrained_file``: timm's ``pretrained_cfg_overlay``).
     """
     ctor = BACKBONES.get(backbone)
     kwargs: dict[str, Any] = dict(backbone_args or {})
@@ -150,6 +151,11 @@ def build_model(
     if img_size is not None:
         model.check_input_size(img_size, img_size)
     fill_slots(model, attn, default_role=getattr(model, "default_slot_role", "block"), init=attn_init)
+    own_file = getattr(model, "pretrained_file", None)  # a family's own way to name weights (timm's overlay file)
+    if own_file is not None and pretrained is not None:
+        raise BadValueError(f"backbone {backbone!r} got weights twice: pretrained={str(pretrained)!r} and its own "
+                         f"{own_file!r} (pretrained_cfg_overlay); give one")
+    pretrained = pretrained if pretrained is not None else own_file
     if pretrained is not None:
         model.pretrained_report = load_pretrained(model, pretrained)
     return model

@@ -39,7 +39,9 @@ class LoadReport:
             parts.append("re-initialised: " + "; ".join(
                 ", ".join(keys) + (f" ({reason})" if reason else "") for reason, keys in why.items()))
         if self.attention_initialised:
-            parts.append(f"{len(self.attention_initialised)} attention tensors left at init")
+            slots = list(dict.fromkeys(key.split(".block.", 1)[0] for key in self.attention_initialised))
+            named = ", ".join(slots[:3]) + (f", ... ({len(slots)} slots)" if len(slots) > 3 else "")
+            parts.append(f"{len(self.attention_initialised)} attention tensors left at init ({named})")
         if self.output_change is not None:
             parts.append(f"the inserted blocks change the output by {self.output_change:.3g} (relative L2"
                          f"{', the identity' if self.output_change == 0 else ''})")

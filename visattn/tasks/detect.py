@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from visattn.errors import BadValueError
 from visattn.layers import require
 from visattn.losses.detect import DetectionLoss
 from visattn.models.detector import Detector, postprocess
@@ -92,7 +93,7 @@ class DetectionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if getattr(model, "num_classes", None) != num_classes:
-            raise ValueError(f"DetectionModule: num_classes={num_classes} but the model predicts "
+            raise BadValueError(f"DetectionModule: num_classes={num_classes} but the model predicts "
                              f"{getattr(model, 'num_classes', None)} classes; build it with the same count")
         require(0.0 < ema_decay < 1.0, "DetectionModule", "ema_decay", "in (0, 1)", ema_decay)
         require(ema_tau > 0, "DetectionModule", "ema_tau", "> 0", ema_tau)

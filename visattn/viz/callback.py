@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
+from visattn.errors import BadValueError
 from visattn.viz.figures import write_figures  # imported with the callback, not mid-run
 
 
@@ -33,7 +34,7 @@ class AttentionFigures(L.Callback):
         super().__init__()
         for name, value in (("every_n_epochs", every_n_epochs), ("n_images", n_images)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"AttentionFigures: {name} must be an int >= 1, got {value!r}")
+                raise BadValueError(f"AttentionFigures: {name} must be an int >= 1, got {value!r}")
         self.every_n_epochs = every_n_epochs
         self.out_dir = Path(out_dir)
         self.n_images = n_images

@@ -14,14 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.rundir import write_figure
 from visattn.viz.capture import AttentionMaps, capture
 from visattn.viz.gradcam import eval_mode, grad_cam
-from visattn.viz.measure import channel_maps, model_stages, spatial_maps, stage_maps
+from visattn.viz.measure import channel_maps, check_pattern, model_stages, spatial_maps, stage_maps
+from visattn.viz.scales import Scale, constant_value, density_ratio, layer_scale
 
 PER_SLOT_LIMIT = 8  # more spatial maps than this: one overlay per stage instead of per slot
 MAX_STRIPS = 24  # channel-weight strips drawn per image
@@ -40,6 +44,22 @@ class Analysis:
     thetas: dict[str, torch.Tensor]  # STN key -> (B, 2, 3)
     gradcam: torch.Tensor | None  # (B, H, W) in [0, 1]
     logits: torch.Tensor
+
+    def is_density(self, key: str) -> bool:
+        """An STN's sample density (its own map, or a stage holding only it)."""
+        return key in self.thetas
+
+    def shown(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """The values drawn for a map: STN densities relative to uniform sampling, others as they are."""
+        return density_ratio(value) if self.is_density(key) else value
+
+    def scales(self, sources: dict[str, torch.Tensor]) -> dict[str, Scale]:
+        """One colour scale per map key over all images (``sources``: key -> (B, h, w)), Grad-CAM included."""
+        out = {key: layer_scale(self.shown(key, value), name=key, density=self.is_density(key))
+               for key, value in sources.items()}
+        if self.gradcam is not None:
+            out["Grad-CAM"] = layer_scale(self.gradcam, name="Grad-CAM", unit_range=True)
+        return out
 
 
 def to_inputs(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -60,6 +80,7 @@ def analyse(
     with eval_mode(model):
         with torch.no_grad(), capture(model) as maps:
             logits = model(inputs)
+        check_pattern(pattern, maps)  # a glob that matches nothing is an error, not an empty figure
         cam = None
         if with_gradcam:
             try:
@@ -72,7 +93,8 @@ def analyse(
     stages = stage_maps(spatial, model_stages(model), size, slot_keys=maps.slot_keys)
     return Analysis(maps=maps, spatial=spatial, stages=stages,
                     channels={k: v.float().cpu() for k, v in channel_maps(maps, pattern=pattern).items()},
-                    thetas=thetas, gradcam=cam, logits=logits.detach().cpu())
+                    thetas=thetas, gradcam=cam,
+                    logits=logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.zeros(0))
 
 
 def warp(image: np.ndarray, theta: torch.Tensor) -> np.ndarray:
@@ -83,11 +105,9 @@ def warp(image: np.ndarray, theta: torch.Tensor) -> np.ndarray:
     return out[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()  # (H, W, 3)
 
 
-def _heat(value: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, float, float]:
-    """(h, w) map -> bilinear (H, W) scaled to [0, 1], with the map's own min and max."""
-    low, high = float(value.min()), float(value.max())
-    up = F.interpolate(value[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    return ((up - low) / max(high - low, 1e-12)).numpy(), low, high
+def _upsampled(value: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) map -> (H, W) bilinear, values unchanged in range."""
+    return F.interpolate(value[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _plain(ax: Axes) -> None:
@@ -95,17 +115,35 @@ def _plain(ax: Axes) -> None:
     ax.set_yticks([])
 
 
-def draw_overlay(ax: Axes, image: np.ndarray, value: torch.Tensor, title: str) -> None:
-    heat, low, high = _heat(value, image.shape[:2])
+def draw_overlay(ax: Axes, image: np.ndarray, value: torch.Tensor, title: str, scale: Scale) -> None:
+    """``value`` over the grey image on its layer's ``scale``; a constant map as a grey wash, labelled so."""
     ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
-    ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-    ax.set_title(f"{title}\n[{low:.2g}, {high:.2g}]", fontsize=7)
+    flat = constant_value(value)
+    ax.set_gid(f"overlay:{scale.name or scale.label}")
+    if flat is not None:
+        ax.imshow(np.full(image.shape[:2], 0.5), cmap="gray", vmin=0.0, vmax=1.0, alpha=0.6)
+        ax.set_title(f"{title}\nconstant ({flat:.3g})", fontsize=7)
+    else:
+        ax.imshow(_upsampled(value, image.shape[:2]), cmap=scale.cmap, alpha=0.55, vmin=scale.vmin,
+                  vmax=scale.vmax)
+        ax.set_title(f"{title}\n[{float(value.min()):.3g}, {float(value.max()):.3g}]", fontsize=7)
     _plain(ax)
 
 
-def draw_box(ax: Axes, box: Sequence[float] | None) -> None:
-    if box is not None:
-        x0, y0, x1, y1 = (float(v) for v in box)
+def colour_bar(fig: Figure, scale: Scale, *, ax: Axes | None = None, cax: Axes | None = None) -> None:
+    """A colour bar for ``scale``, labelled with its range."""
+    mappable = ScalarMappable(norm=Normalize(scale.vmin, scale.vmax), cmap=scale.cmap)
+    bar = fig.colorbar(mappable, ax=ax, cax=cax, fraction=0.046, pad=0.03)
+    bar.ax.tick_params(labelsize=6)
+    bar.ax.set_gid(f"colorbar:{scale.name or scale.label}")
+    bar.set_label(f"{scale.label} {scale.text}", fontsize=6)
+
+
+def draw_box(ax: Axes, box: Sequence[float] | np.ndarray | None) -> None:
+    """One (4,) box or several (k, 4) boxes, (x0, y0, x1, y1) in pixels."""
+    if box is None:
+        return
+    for x0, y0, x1, y1 in np.asarray(box, np.float32).reshape(-1, 4).tolist():
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1))
 
 
@@ -133,12 +171,16 @@ def draw_strip(ax: Axes, weights: torch.Tensor, name: str) -> None:
     ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=6)
 
 
-def caption(analysis: Analysis, index: int, label: int | None, class_names: Sequence[str] | None) -> str:
+def caption(analysis: Analysis, index: int, label: int | np.ndarray | None,
+            class_names: Sequence[str] | None) -> str:
     def name(c: int) -> str:
         return str(class_names[c]) if class_names and c < len(class_names) else str(c)
 
     pred = int(analysis.logits[index].argmax()) if analysis.logits.ndim == 2 else None
-    parts = [] if label is None else [f"label {name(label)}"]
+    if isinstance(label, np.ndarray):  # detection: the image's object labels
+        parts = [f"{len(label)} object(s)" if len(label) > 3 else ", ".join(name(int(c)) for c in label)]
+    else:
+        parts = [] if label is None else [f"label {name(label)}"]
     if pred is not None:
         parts.append(f"pred {name(pred)}")
     return ", ".join(parts)
@@ -150,8 +192,10 @@ def overlay_sources(analysis: Analysis) -> dict[str, torch.Tensor]:
 
 
 def image_panels(
-    analysis: Analysis, index: int, image: np.ndarray, box: Sequence[float] | None, title: str
+    analysis: Analysis, index: int, image: np.ndarray, box: Sequence[float] | np.ndarray | None, title: str,
+    scales: dict[str, Scale],
 ) -> list[Panel]:
+    """The panels of one image; each overlay is drawn on its layer's scale (shared with the other images)."""
     def show_image(ax: Axes) -> None:
         ax.imshow(image)
         draw_box(ax, box)
@@ -162,15 +206,17 @@ def image_panels(
 
     def overlay(name: str, value: torch.Tensor) -> Panel:
         def draw(ax: Axes) -> None:
-            draw_overlay(ax, image, value, name)
+            draw_overlay(ax, image, value, name, scales[name])
             draw_box(ax, box)
+            if constant_value(value) is None:
+                colour_bar(ax.figure, scales[name], ax=ax)
 
         return name, draw
 
     if analysis.gradcam is not None:
         panels.append(overlay("Grad-CAM", analysis.gradcam[index]))
     for name, value in overlay_sources(analysis).items():
-        panels.append(overlay(name, value[index]))
+        panels.append(overlay(name, analysis.shown(name, value[index])))
     for name, theta in analysis.thetas.items():
         def grid_panel(ax: Axes, theta: torch.Tensor = theta[index], name: str = name) -> None:
             ax.imshow(image)
@@ -187,54 +233,90 @@ def image_panels(
     return panels
 
 
+STRIP_CHAR_IN = 0.05  # width of one character of a strip's 6-point label, in inches
+
+
 def image_figure(
-    analysis: Analysis, index: int, image: np.ndarray, *, box: Sequence[float] | None = None, title: str = ""
+    analysis: Analysis, index: int, image: np.ndarray, *, box: Sequence[float] | np.ndarray | None = None,
+    title: str = "", scales: dict[str, Scale] | None = None,
 ) -> Figure:
-    """One image: itself, Grad-CAM, each attention map overlaid, STN grid and output, channel-weight strips."""
-    panels = image_panels(analysis, index, image, box, title)
+    """One image: itself, Grad-CAM, each attention map overlaid, STN grid and output, channel-weight strips.
+
+    ``scales`` (``Analysis.scales``) are the layers' colour scales over all images; by default this one's.
+    """
+    scales = scales if scales is not None else analysis.scales(overlay_sources(analysis))
+    panels = image_panels(analysis, index, image, box, title, scales)
     strips = list(analysis.channels.items())[:MAX_STRIPS]
     cols = min(COLUMNS, len(panels))
     rows = -(-len(panels) // cols)
     panel_height, strip_height = 2.3 * rows, (0.25 * len(strips) + 0.3 if strips else 0.0)
-    fig = Figure(figsize=(2.1 * cols, panel_height + strip_height))
+    width = max(2.4 * cols, 7.0 if strips else 0.0)  # strips and their labels need room even beside one panel
+    fig = Figure(figsize=(width, panel_height + strip_height))
     split = strip_height / (panel_height + strip_height)  # figure fraction below the panels
-    grid = fig.add_gridspec(rows, cols, hspace=0.45, left=0.03, right=0.98, top=0.94, bottom=split + 0.02)
+    grid = fig.add_gridspec(rows, cols, hspace=0.45, wspace=0.35, left=0.03, right=0.97, top=0.94,
+                            bottom=split + 0.02)
     for i, (_, draw) in enumerate(panels):
         draw(fig.add_subplot(grid[i // cols, i % cols]))
     if strips:
-        strip_grid = fig.add_gridspec(len(strips), 1, hspace=0.6, left=0.25, right=0.98, top=split - 0.01,
+        labels = [f"{name} ({weights.shape[1]} ch)" for name, weights in strips]
+        left = min(0.6, (0.15 + STRIP_CHAR_IN * max(len(t) for t in labels)) / width)  # room for the longest label
+        strip_grid = fig.add_gridspec(len(strips), 1, hspace=0.6, left=left, right=0.86, top=split - 0.01,
                                       bottom=0.02)
-        for j, (name, weights) in enumerate(strips):
-            draw_strip(fig.add_subplot(strip_grid[j, 0]), weights[index], f"{name} ({weights.shape[1]} ch)")
+        for j, ((_, weights), label) in enumerate(zip(strips, labels, strict=True)):
+            draw_strip(fig.add_subplot(strip_grid[j, 0]), weights[index], label)
+        cax = fig.add_axes((0.88, 0.02, 0.012, max(split - 0.03, 0.01)))
+        colour_bar(fig, Scale(0.0, 1.0, "viridis", "channel weight"), cax=cax)
     return fig
 
 
 def index_figure(
-    analysis: Analysis, images: np.ndarray, *, boxes: np.ndarray | None = None, titles: Sequence[str] = ()
+    analysis: Analysis, images: np.ndarray, *, boxes: np.ndarray | Sequence[np.ndarray] | None = None,
+    titles: Sequence[str] = (), scales: dict[str, Scale] | None = None,
 ) -> Figure:
-    """A grid summarising a run: one row per image; image, Grad-CAM, each stage's average map, STN outputs."""
-    columns: list[tuple[str, Callable[[Axes, int], None]]] = [
-        ("image", lambda ax, i: (ax.imshow(images[i]), draw_box(ax, None if boxes is None else boxes[i])))
+    """A grid summarising a run: one column per image, one row per layer (image, Grad-CAM, each stage's
+    average map, STN outputs), each row on one colour scale with its colour bar at the right."""
+    sources = dict(analysis.stages)
+    scales = scales if scales is not None else analysis.scales(sources)
+    rows: list[tuple[str, Callable[[Axes, int], None], Scale | None]] = [
+        ("image", lambda ax, i: (ax.imshow(images[i]), draw_box(ax, None if boxes is None else boxes[i])), None)
     ]
     if analysis.gradcam is not None:
-        columns.append(("Grad-CAM", lambda ax, i: draw_overlay(ax, images[i], analysis.gradcam[i], "Grad-CAM")))
-    for stage, value in analysis.stages.items():
-        columns.append((stage, lambda ax, i, v=value, s=stage: draw_overlay(ax, images[i], v[i], s)))
+        rows.append(("Grad-CAM", lambda ax, i: draw_overlay(ax, images[i], analysis.gradcam[i], "Grad-CAM",
+                                                            scales["Grad-CAM"]), scales["Grad-CAM"]))
+    for stage, value in sources.items():
+        shown = analysis.shown(stage, value)
+        rows.append((stage, lambda ax, i, v=shown, s=stage: draw_overlay(ax, images[i], v[i], s, scales[s]),
+                     scales[stage]))
     for name, theta in analysis.thetas.items():
-        columns.append((f"{name} STN", lambda ax, i, t=theta: ax.imshow(warp(images[i], t[i]))))
+        rows.append((f"{name} STN output", lambda ax, i, t=theta: ax.imshow(warp(images[i], t[i])), None))
     n = len(images)
-    fig = Figure(figsize=(1.7 * len(columns), 1.8 * n + 0.3))
-    grid = fig.add_gridspec(n, len(columns), hspace=0.5, wspace=0.1, left=0.02, right=0.98, top=0.95, bottom=0.02)
-    for i in range(n):
-        for j, (name, draw) in enumerate(columns):
-            ax = fig.add_subplot(grid[i, j])
+    fig = Figure(figsize=(1.7 * n + 1.4, 1.9 * len(rows) + 0.3))
+    right = 1.0 - 1.2 / (1.7 * n + 1.4)  # room for the colour bars
+    grid = fig.add_gridspec(len(rows), n, hspace=0.55, wspace=0.1, left=0.04, right=right, top=0.95, bottom=0.02)
+    for r, (name, draw, scale) in enumerate(rows):
+        varying = False
+        for i in range(n):
+            ax = fig.add_subplot(grid[r, i])
             draw(ax, i)
             _plain(ax)
-            if j == 0:
+            if r == 0:
                 ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
-            elif name.endswith("STN"):
-                ax.set_title(name, fontsize=7)
+            if i == 0:
+                ax.set_ylabel(name, fontsize=7)
+            if scale is not None and constant_value(shown_value(analysis, name, i)) is None:
+                varying = True
+        if scale is not None and varying:
+            box = fig.axes[-1].get_position()
+            cax = fig.add_axes((box.x1 + 0.01, box.y0, 0.012, box.height))
+            colour_bar(fig, scale, cax=cax)
     return fig
+
+
+def shown_value(analysis: Analysis, name: str, index: int) -> torch.Tensor:
+    """The map drawn in ``index_figure``'s row ``name`` for image ``index``."""
+    if name == "Grad-CAM" and analysis.gradcam is not None:
+        return analysis.gradcam[index]
+    return analysis.shown(name, analysis.stages[name][index])
 
 
 def write_figures(
@@ -256,17 +338,27 @@ def write_figures(
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
+        raise BadValueError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(model, to_inputs(images, mean=mean, std=std), pattern=pattern)
-    titles = [caption(analysis, i, None if labels is None else int(labels[i]), class_names) for i in range(len(images))]
+
+    def label_of(i: int) -> int | np.ndarray | None:
+        if labels is None:
+            return None
+        return labels[i] if isinstance(labels[i], np.ndarray) and labels[i].ndim else int(labels[i])
+
+    titles = [caption(analysis, i, label_of(i), class_names) for i in range(len(images))]
     paths = [out / "index.png"]
     write_figure(index_figure(analysis, images, boxes=boxes, titles=titles), paths[0], dpi=dpi)
+    scales = analysis.scales(overlay_sources(analysis))  # per layer over all images: panels compare by colour
     for i, image in enumerate(images):
         path = out / f"image_{i:02d}.png"
         box = None if boxes is None else boxes[i]
-        write_figure(image_figure(analysis, i, image, box=box, title=titles[i]), path, dpi=dpi)
+        write_figure(image_figure(analysis, i, image, box=box, title=titles[i], scales=scales), path, dpi=dpi)
         paths.append(path)
+    for stale in sorted(out.glob("image_*.png")):  # an earlier call's extra images would pass for this one's
+        if stale not in paths and stale.is_file() and not stale.is_symlink():
+            stale.unlink()
     return paths
 

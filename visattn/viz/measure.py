@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.viz.capture import capture
 from visattn.viz.gradcam import eval_mode, grad_cam
 
 SPATIAL_KINDS = ("spatial", "mass", "cls", "rollout", "samples")  # the (B, h, w) map of each kind of entry
+
+
+def check_pattern(pattern: str | None, keys: Collection[str]) -> None:
+    """Refuse a ``--slot`` glob that matches none of the captured keys, naming them."""
+    if pattern is None or any(fnmatch.fnmatchcase(key, pattern) for key in keys):
+        return
+    listed = ", ".join(sorted(keys)) or "none (the model has no attention block filled in)"
+    raise BadValueError(f"--slot {pattern!r} matches none of the model's captured attention maps, so nothing would be "
+                     f"drawn or measured; its slots and attention layers are: {listed}")
 
 
 def spatial_maps(maps: Mapping[str, Mapping[str, object]], *, pattern: str | None = None) -> dict[str, torch.Tensor]:
@@ -36,11 +46,13 @@ def channel_maps(maps: Mapping[str, Mapping[str, object]], *, pattern: str | Non
 
 
 def model_stages(model: nn.Module) -> list[str]:
-    """Module paths of the stages of every backbone inside ``model`` (from their ``stage_info``)."""
+    """Module paths of the stages of every backbone inside ``model`` (from their ``stage_info``: where each stage's
+    slots live)."""
     names = []
     for path, module in model.named_modules():
         for info in getattr(module, "stage_info", None) or []:
-            names.append(f"{path}.{info.name}" if path else info.name)
+            where = info.slots or info.name
+            names.append(f"{path}.{where}" if path else where)
     return names
 
 
@@ -87,11 +99,20 @@ def stage_maps(
     return {stage: torch.stack(values).mean(0) for stage, values in groups.items()}
 
 
-def box_masks(boxes: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 4) (x0, y0, x1, y1) pixel boxes -> (B, H, W) bool: pixels whose centre lies in the box."""
+Boxes = torch.Tensor | np.ndarray | Sequence[np.ndarray]  # (B, 4), or one (k, 4) array per image (detection)
+
+
+def box_masks(boxes: Boxes, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 4) (x0, y0, x1, y1) pixel boxes -> (B, H, W) bool: pixels whose centre lies in the box.
+
+    A list of (k, 4) arrays (an image's objects) gives the union of each image's boxes.
+    """
+    if isinstance(boxes, (list, tuple)):
+        masks = [box_masks(np.asarray(b, np.float32).reshape(-1, 4), size).any(0) for b in boxes]
+        return torch.stack(masks) if masks else torch.zeros(0, *size, dtype=torch.bool)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be (B, 4) (x0, y0, x1, y1) in pixels, got shape {tuple(boxes.shape)}")
+        raise BadValueError(f"boxes must be (B, 4) (x0, y0, x1, y1) in pixels, got shape {tuple(boxes.shape)}")
     ys = torch.arange(size[0], dtype=torch.float32) + 0.5
     xs = torch.arange(size[1], dtype=torch.float32) + 0.5
     inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])  # (B, H)
@@ -100,7 +121,7 @@ def box_masks(boxes: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.
 
 
 def mass_in_boxes(
-    maps: Mapping[str, torch.Tensor], boxes: torch.Tensor | np.ndarray, *, img_size: int | tuple[int, int]
+    maps: Mapping[str, torch.Tensor], boxes: Boxes, *, img_size: int | tuple[int, int]
 ) -> dict[str, torch.Tensor]:
     """Share of each (B, h, w) non-negative map's mass inside the image's box: {key: (B,)} in [0, 1].
 
@@ -112,13 +133,13 @@ def mass_in_boxes(
     out = {}
     for key, value in maps.items():
         if value.shape[0] != masks.shape[0]:
-            raise ValueError(f"map {key!r} has {value.shape[0]} images but there are {masks.shape[0]} boxes")
+            raise BadValueError(f"map {key!r} has {value.shape[0]} images but there are {masks.shape[0]} boxes")
         mass = normalise_mass(resize_maps(value.detach().cpu(), size))  # (B, H, W)
         out[key] = (mass * masks).flatten(1).sum(1)
     return out
 
 
-def box_area_fraction(boxes: torch.Tensor | np.ndarray, *, img_size: int | tuple[int, int]) -> torch.Tensor:
+def box_area_fraction(boxes: Boxes, *, img_size: int | tuple[int, int]) -> torch.Tensor:
     """(B,) share of the image's pixels inside each box: what a uniform map scores in ``mass_in_boxes``."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     return box_masks(boxes, size).flatten(1).float().mean(1)
@@ -127,7 +148,7 @@ def box_area_fraction(boxes: torch.Tensor | np.ndarray, *, img_size: int | tuple
 def box_mass_report(
     model: nn.Module,
     images: torch.Tensor,
-    boxes: torch.Tensor | np.ndarray,
+    boxes: Boxes,
     *,
     batch_size: int = 50,
     pattern: str | None = None,
@@ -139,8 +160,9 @@ def box_mass_report(
     ``box_area`` (the uniform baseline). Runs in eval mode.
     """
     if batch_size < 1:
-        raise ValueError(f"box_mass_report: batch_size must be >= 1, got {batch_size}")
-    boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+        raise BadValueError(f"box_mass_report: batch_size must be >= 1, got {batch_size}")
+    if not isinstance(boxes, (list, tuple)):
+        boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
     size = (images.shape[-2], images.shape[-1])
     stages = model_stages(model)
     sums: dict[str, float] = {}
@@ -149,6 +171,7 @@ def box_mass_report(
             batch, batch_boxes = images[start:start + batch_size], boxes[start:start + batch_size]
             with torch.no_grad(), capture(model) as maps:
                 model(batch)
+            check_pattern(pattern, maps)
             spatial = spatial_maps(maps, pattern=pattern)
             parts = dict(spatial)
             by_stage = stage_maps(spatial, stages, size, slot_keys=maps.slot_keys)
