@@ -76,7 +76,7 @@ def build(family: str, block: str) -> tuple[nn.Module, Callable[[nn.Module], Cal
     spec = FAMILIES[family]
     torch.manual_seed(0)
     if family == "detect":
-        from visattn.detect import build_detector
+        from visattn.models.detector import build_detector
 
         model = build_detector(spec["backbone"], attn=attn_spec(block), num_classes=spec["num_classes"],
                                img_size=spec["img_size"])

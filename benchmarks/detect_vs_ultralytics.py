@@ -6,7 +6,7 @@ What it does, on CPU at 160 px:
    generated into ``data_cache/`` if absent) also in YOLO layout (``visattn.data.detect.readers.coco_to_yolo``),
    plus the ``data.yaml`` ultralytics reads. Both tools see the same train / val / test images and boxes.
 2. Trains in pairs, side by side: one visattn run of the config (its 15 epochs, through visattn's Python API:
-   ``visattn.train.prepare`` + ``fit``) on one core and one ultralytics model from its yaml (``yolo26n.yaml``,
+   ``visattn.training.prepare`` + ``fit``) on one core and one ultralytics model from its yaml (``yolo26n.yaml``,
    then ``yolo11n.yaml``: from scratch, no weights) on the other, at the same time, each process pinned to its
    core (``os.sched_setaffinity``) with one torch thread; the tools swap cores from pair to pair, and the second
    pair's visattn run uses seed 1. Equal wall time: ultralytics gets its own time budget (``time=``, with which it
@@ -238,7 +238,7 @@ def worker_visattn(args: argparse.Namespace) -> None:
     import torch
 
     from visattn.config import make_config, read_yaml, resolve_config
-    from visattn.train import fit, prepare
+    from visattn.training import fit, prepare
 
     counts = json.loads(args.counts)
     overrides: dict[str, Any] = {
@@ -341,8 +341,8 @@ def visattn_predictions(run_dir: Path, checkpoint: str, coco_root: Path, split: 
     import torch
 
     from visattn.data.detect.transforms import letterbox, unletterbox
-    from visattn.detect import postprocess
     from visattn.export import load_run
+    from visattn.models.detector import postprocess
     from visattn.predict import open_rgb
 
     model, spec = load_run(run_dir, checkpoint=checkpoint)
@@ -535,7 +535,7 @@ def run_side_by_side(jobs: list[dict[str, Any]], cores: list[int], work: Path) -
 
 
 def visattn_curve(run_dir: Path) -> list[dict[str, float]]:
-    from visattn.train import read_metrics_csv
+    from visattn.rundir import read_metrics_csv
 
     maps = {int(row["epoch"]) + 1: (float(row["val/map"]), float(row["val/map50"]))
             for row in read_metrics_csv(run_dir) if row.get("val/map")}

@@ -62,8 +62,8 @@ def run_plain(*, data: str, img_size: int, epochs: int, seed: int, batch_size: i
     import torch
     from torch import nn
 
-    from visattn.build import build_model
     from visattn.data import ClassificationDataModule
+    from visattn.models.build import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

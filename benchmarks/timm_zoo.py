@@ -44,7 +44,7 @@ def smallest(module: str, max_params: int) -> tuple[str, int | None] | None:
 
 def probe(name: str) -> dict:
     import visattn
-    from visattn.build import list_slots
+    from visattn.models.build import list_slots
 
     start = time.perf_counter()
     try:

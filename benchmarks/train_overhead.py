@@ -1,4 +1,4 @@
-"""visattn's training loop (LightningModule + Trainer as ``visattn.train`` builds them) against a plain PyTorch loop.
+"""visattn's training loop (LightningModule + Trainer as ``visattn.training`` builds them) against a plain PyTorch loop.
 
 Same model (a copy with the same initial weights), same data loader, same batch, same optimiser and schedule, in one
 process, alternating: after each visattn training epoch a callback runs one plain epoch over the same training
@@ -119,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from visattn.cli import key_values
-    from visattn.train import prepare
+    from visattn.config import key_values
+    from visattn.training import prepare
 
     values = dict(PRESETS[args.preset], epochs=args.epochs, precision=args.precision, seed=0)
     if args.limit:

@@ -8,7 +8,7 @@ variant's dtype (see visattn.perf). A step is forward + loss + backward + AdamW,
     .venv/bin/python benchmarks/train_step.py --models resnet18:none resnet18:se --variants fp32 bf16
     .venv/bin/python benchmarks/train_step.py --models csp_n:none --img-size 160 --batch-size 16   # detector
 
-``csp_*`` names build a detector (``visattn.detect.build_detector``, loss = sum of raw outputs); others a classifier.
+``csp_*`` names build a detector (``visattn.models.build_detector``, loss = sum of raw outputs); others a classifier.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ VARIANTS = ("fp32", "bf16", "channels_last", "compile", "bf16_channels_last")
 def build(name: str, attn: str | None, img_size: int, num_classes: int) -> tuple[nn.Module, Callable]:
     """A model and its loss function ``loss(model, x, y)``."""
     if name.startswith("csp"):
-        from visattn.detect import build_detector
+        from visattn.models.detector import build_detector
 
         model = build_detector(name, attn=attn, num_classes=num_classes, img_size=img_size)
 

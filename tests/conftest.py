@@ -12,3 +12,26 @@ import os
 # keeps testing the bf16-mixed path; subprocesses inherit the setting. README "Known problems" says the same for
 # users.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+# The cap was not enough: a full suite run later still met a tiny (4-channel) bf16 run whose saved weights held NaN
+# (1 of ~800 tests; an export check then failed on them). So `precision: auto` means fp32 in the suite; the tests that
+# exercise bf16 ask for it explicitly (and the auto rule's own tests pass the CPU flags in, or unset this).
+os.environ.setdefault("VISATTN_NO_CPU_BF16", "1")
+
+import pytest  # noqa: E402 - after the oneDNN cap above, which must precede anything that may import torch
+
+# The suite's one tiny classification run (1 epoch, ResNet-18 at base width 4, 48 digits at 16x16): the safety
+# tests copy it, tests/test_rundir.py reads it. Trained once per session instead of once per test file.
+TINY_RUN = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,
+            "backbone": "resnet18", "backbone_args": {"base_width": 4}, "warmup_epochs": 0.5, "accelerator": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished tiny run directory (``TINY_RUN``, AdamW), the metrics ``train`` returned and ``TINY_RUN``. Read
+    it or copy it; never change it (other test files share it)."""
+    from visattn.config import make_config
+    from visattn.training import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    metrics = train(make_config({}, {**TINY_RUN, "out": str(out), "name": "run"}))
+    return out / "run", metrics, dict(TINY_RUN)

@@ -47,7 +47,7 @@ def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         registry.register("a")(float)
     with pytest.raises(ValueError, match="already registered"):
-        visattn.attention.register_attention("se")(nn.Identity)
+        ATTENTION.register("se")(nn.Identity)
 
 
 def test_unknown_block_lists_valid_names():

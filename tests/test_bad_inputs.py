@@ -436,7 +436,8 @@ def fake_run(run_dir: Path) -> Path:
     import torch
 
     import visattn
-    from visattn.config import make_config, save_config
+    from visattn.config import make_config
+    from visattn.rundir import save_config
 
     config = make_config({}, dict(backbone="resnet18", data="digits", img_size=32, backbone_args={"base_width": 8},
                                   out=str(run_dir.parent), name=run_dir.name, limit=8))

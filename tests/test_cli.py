@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from visattn.cli import add_train_arguments, config_from_args
+from visattn.cli.train import add_train_arguments, config_from_args
 from visattn.config import ConfigError, attn_label
 
 
@@ -67,8 +67,33 @@ def test_bad_config_values(argv, match):
 
 
 def test_unknown_trainer_argument(tmp_path):
-    from visattn.train import build_trainer
+    from visattn.training import build_trainer
 
     config = parse(["--trainer", "max_epoch=3"])
     with pytest.raises(TypeError, match="max_epoch"):
         build_trainer(config, tmp_path, resuming=False)
+
+
+HELP_PROBE = """
+import sys
+from visattn.cli.main import COMMANDS, main
+for argv in (["--help"], ["--version"], *[[name, "--help"] for name in COMMANDS]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    heavy = sorted(m for m in ("torch", "lightning", "numpy", "timm") if m in sys.modules)
+    if heavy:
+        sys.exit(f"visattn {' '.join(argv)} imported {', '.join(heavy)}")
+"""
+
+
+def test_help_imports_no_torch():
+    """``visattn --help``, ``--version`` and every ``visattn <command> --help`` parse flags only: no torch (issue 20:
+    they took 12-15 s on a busy 2-core machine, almost all of it ``import torch``)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: visattn <command>" in done.stdout and "visattn train" in done.stdout

@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 import visattn
-from visattn.cli import quiet_lightning, run_cli, train_parser
-from visattn.commands import COMMANDS, main, profile_main
+from visattn.cli.main import COMMANDS, main, run_cli
+from visattn.cli.profile import main as profile_main
+from visattn.cli.train import train_parser
 from visattn.config import ConfigError, make_config, packaged_configs, resolve_config
+from visattn.tasks.common import quiet_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +116,7 @@ def test_profile_tool_script_has_no_traceback():
 
 
 def test_profile_detector_and_backbone_args_match_count(capsys):
-    from visattn.detect import build_detector
+    from visattn.models.detector import build_detector
 
     profile_main(["--task", "detect", "--backbone", "csp_n", "--attn", "eca", "--img-size", "64",
                   "--num-classes", "3", "--repeats", "1", "--warmup", "0"])
@@ -157,4 +159,4 @@ def test_wheel_ships_the_configs_and_the_command(tmp_path):
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {f"visattn/configs/{k}.yaml" for k in packaged_configs()} <= names
-    assert "visattn = visattn.commands:main" in entry_points
+    assert "visattn = visattn.cli.main:main" in entry_points

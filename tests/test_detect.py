@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import visattn
-from visattn.build import read_state_dict
-from visattn.detect import build_detector, postprocess
 from visattn.heads import box_distances, decode_boxes, encode_boxes, make_anchors
 from visattn.losses import DetectionLoss, TaskAlignedAssigner, pad_targets
+from visattn.models.detector import build_detector, postprocess
+from visattn.models.weights import read_state_dict
 from visattn.tasks.detect import DetectionModule
 
 TINY_BACKBONES = {  # backbone -> (args, stride-8/16/32 input channels the neck must pick up)

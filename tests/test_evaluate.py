@@ -14,7 +14,8 @@ from visattn.config import make_config
 from visattn.evaluate import evaluate_run
 from visattn.export import export_run, load_run
 from visattn.predict import predict_folder, preprocess_files
-from visattn.train import build_datamodule, train
+from visattn.tasks.factory import build_datamodule
+from visattn.training import train
 
 SIZES = [(97, 61), (40, 150), (200, 131), (33, 33)]  # odd shapes and > 2 x img_size: resize and JPEG draft matter
 
@@ -50,7 +51,7 @@ def folder_run(tmp_path_factory):
 
 def validation_logits(run_dir: Path, split: str = "test") -> tuple[torch.Tensor, list[Path]]:
     """Eval-mode logits of the run's model on the inputs validation builds (the data module's eval transform)."""
-    from visattn.viz.run import read_run_config
+    from visattn.visualize import read_run_config
 
     model, _ = load_run(run_dir)
     datamodule = build_datamodule(read_run_config(run_dir))
@@ -84,8 +85,8 @@ def test_predict_from_export_matches_validation_logits(folder_run, tmp_path):
 
 
 def test_visualize_images_are_validation_inputs(folder_run):
+    from visattn.visualize import read_image_folder
     from visattn.viz.figures import to_inputs
-    from visattn.viz.run import read_image_folder
 
     run_dir, data = folder_run
     model, spec = load_run(run_dir)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import visattn
-from visattn.build import list_slots
 from visattn.config import make_config
 from visattn.export import ExportError, ModelSpec, export_model, export_run
+from visattn.models.build import list_slots
 from visattn.predict import predict_folder
-from visattn.train import train
+from visattn.training import train
 
 FAMILIES = {
     "resnet18": (64, {"base_width": 8}),  # 64: the last stage is 2x2 (STN on a 1x1 map does not export)

@@ -11,13 +11,13 @@ import torch
 from torchvision.ops import batched_nms
 
 import visattn
-from visattn.build import list_slots
 from visattn.config import make_config
-from visattn.detect import DetectorWithNMS, split_detections
 from visattn.export import ExportError, ModelSpec, export_model, export_run
+from visattn.models.build import list_slots
+from visattn.models.detector import DetectorWithNMS, split_detections
 from visattn.ops import nms_select
 from visattn.predict import predict_folder
-from visattn.train import train
+from visattn.training import train
 
 DETECTORS = {  # backbone -> (input size, backbone_args): small widths, all three strides present
     "csp_n": (64, {}),
@@ -157,7 +157,11 @@ def test_detection_run_exports_and_predicts_with_boxes_drawn(detect_run, tmp_pat
     saved = tmp_path / "drawn"
     rows = predict_folder(export / "model.onnx", folder, save_dir=saved, out_csv=tmp_path / "boxes.csv",
                           conf_threshold=0.25)
-    assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in folder.iterdir())
+    from visattn.rundir import OUTPUT_MARKER  # predict marks the folder it writes (issue 24)
+
+    drawn = sorted(p.name for p in saved.iterdir() if p.name != OUTPUT_MARKER)
+    assert drawn == sorted(p.name for p in folder.iterdir())
+    assert (saved / OUTPUT_MARKER).is_file()
     assert all(p.stat().st_size > 0 for p in saved.iterdir())
     with open(tmp_path / "boxes.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)

@@ -16,7 +16,7 @@ from visattn.commands import main
 from visattn.config import make_config
 from visattn.export import export_run
 from visattn.extras import MissingExtraError, require
-from visattn.train import train
+from visattn.training import train
 
 
 def blocked(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:

@@ -11,12 +11,13 @@ import yaml
 
 import visattn
 from visattn.config import ConfigError, make_config
-from visattn.detect import build_detector
 from visattn.export import load_run
+from visattn.models.detector import build_detector
+from visattn.rundir import saved_config
 from visattn.tasks import ClassificationModule
 from visattn.tasks.common import make_optimizer
 from visattn.tasks.finetune import attn_lr_scales, freeze_parameters
-from visattn.train import saved_config, train
+from visattn.training import train
 
 TINY = {"base_width": 8}
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import visattn
-from visattn.detect import build_detector
+from visattn.models.detector import build_detector
 
 BLOCKS = [name for name in visattn.list_attention() if name != "none"]
 GATES = ["se", "eca", "cbam", "channel_gate", "spatial_gate"]

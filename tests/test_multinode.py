@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from visattn.config import ConfigError
-from visattn.train import RANK_VARIABLES, global_rank, is_launched_child
+from visattn.config import RANK_VARIABLES, ConfigError, global_rank, notice
+from visattn.training import is_launched_child
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARIABLES = (*RANK_VARIABLES, "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_LOCALID", "SLURM_NODEID",
@@ -50,6 +50,18 @@ def test_bad_rank_variable_is_named(clean_env):
     clean_env.setenv("SLURM_PROCID", "two")
     with pytest.raises(ConfigError, match="SLURM_PROCID='two' is not a process rank"):
         global_rank()
+
+
+@pytest.mark.parametrize(("env", "shown"), [
+    ({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False), ({"SLURM_PROCID": "1"}, False),
+    ({"OMPI_COMM_WORLD_RANK": "2"}, False), ({"LOCAL_RANK": "1"}, False), ({"SLURM_PROCID": "1", "RANK": "0"}, True),
+])
+def test_a_notice_is_printed_by_global_rank_zero_alone(clean_env, capsys, env, shown):
+    """The notes of the defaults a config chose appear once per run, not once per process of every launcher."""
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    notice("visattn: a note")
+    assert ("a note" in capsys.readouterr().err) is shown
 
 
 def free_port() -> int:

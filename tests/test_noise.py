@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import visattn
-from visattn.cli import chance_warning, format_warning
+from visattn.cli.main import format_warning
+from visattn.cli.train import chance_warning
 from visattn.commands import main
 from visattn.config import ConfigError, make_config
-from visattn.train import train
+from visattn.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "resnet18", "--epochs", "1", "--limit", "16", "--batch-size", "8", "--num-workers", "0",

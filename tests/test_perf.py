@@ -140,6 +140,7 @@ def test_sweep_measures_once_before_its_runs_and_hands_the_peaks_over(monkeypatc
         calls.append((dtype, torch.get_num_threads()))
         return 7e10
 
+    monkeypatch.delenv(perf.NO_CPU_BF16_ENV, raising=False)  # the suite's setting (conftest): `auto` as on a user's CPU
     monkeypatch.setattr(perf, "measure_matmul_peak", fake_measure)
     monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
     threads = torch.get_num_threads()
@@ -226,7 +227,7 @@ def test_config_accepts_speed_flags_and_auto():
 def test_cli_flags_reach_the_config():
     import argparse
 
-    from visattn.cli import add_train_arguments, config_from_args
+    from visattn.cli.train import add_train_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
@@ -237,9 +238,9 @@ def test_cli_flags_reach_the_config():
 
 
 def test_speed_options_keep_state_dict_keys_and_outputs():
-    from visattn.build import build_model
+    from visattn.models.build import build_model
     from visattn.tasks.classify import ClassificationModule
-    from visattn.train import apply_speed_options
+    from visattn.training import apply_speed_options
 
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=3, img_size=16, backbone_args={"base_width": 8}).eval()
@@ -334,8 +335,9 @@ def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
 
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (64, 8)])
 def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus, expected):
+    from visattn.cli.sweep import build_parser
     from visattn.data import datamodule
-    from visattn.sweep.cli import build_parser, default_workers
+    from visattn.sweep.execute import default_workers
 
     monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
     assert default_workers() == expected
@@ -346,8 +348,9 @@ def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus,
 def test_run_records_what_precision_auto_chose_and_why(tmp_path, monkeypatch, flags, expected):
     import yaml
 
-    from visattn.train import train
+    from visattn.training import train
 
+    monkeypatch.delenv(perf.NO_CPU_BF16_ENV, raising=False)  # the suite's setting (conftest): this test is about auto
     monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset(flags))
     monkeypatch.setattr(perf, "measure_matmul_peak", lambda dtype, *, device, seconds: 1e9)
     config = make_config({}, dict(data="digits", img_size=16, epochs=1, batch_size=16, limit=32, num_workers=0,
@@ -391,3 +394,11 @@ def test_amx_bf16_hint_names_the_onednn_bug_only_where_it_applies():
     assert amx_bf16_hint("bf16-mixed", "cuda", flags=amx, environ={}) == ""
     assert amx_bf16_hint("bf16-mixed", "cpu", flags=frozenset({"avx512_bf16"}), environ={}) == ""
     assert amx_bf16_hint("bf16-mixed", "cpu", flags=amx, environ={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == ""
+
+
+def test_the_no_cpu_bf16_variable_makes_auto_choose_fp32(monkeypatch):
+    monkeypatch.setenv(perf.NO_CPU_BF16_ENV, "1")
+    monkeypatch.setattr(perf, "cpu_flags", lambda cpuinfo=None: frozenset({"amx_bf16"}))
+    assert perf.resolve_precision("auto", cuda_available=False) == ("32", "auto: VISATTN_NO_CPU_BF16 is set")
+    monkeypatch.setenv(perf.NO_CPU_BF16_ENV, "0")
+    assert perf.resolve_precision("auto", cuda_available=False)[0] == "bf16-mixed"

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from visattn.cli import train_main
+from visattn.cli.train import main as train_main
 from visattn.results import NO_MATPLOTLIB, epoch_history, format_test_metrics
 
 TINY = ["--data", "digits", "--img-size", "16", "--epochs", "2", "--batch-size", "32", "--limit", "64",

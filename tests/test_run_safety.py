@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from visattn.cli import USER_ERRORS, config_from_args, run_cli, train_main, train_parser
-from visattn.config import ConfigError, make_config, save_config
-from visattn.rundir import RUN_MARKER, DirLock, create_marker
-from visattn.train import ERROR_FILE, prepare, train, write_json_atomic
+from visattn.cli.main import run_cli
+from visattn.cli.train import config_from_args, train_parser
+from visattn.cli.train import main as train_main
+from visattn.config import ConfigError, make_config
+from visattn.errors import USER_ERRORS
+from visattn.rundir import ERROR_FILE, RUN_MARKER, DirLock, create_marker, save_config, write_json_atomic
+from visattn.training import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,
@@ -63,11 +66,11 @@ def fake_run(folder: Path, *, config: bool = True) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One finished tiny run (1 epoch); tests copy it."""
-    out = tmp_path_factory.mktemp("trained")
-    train(tiny(out, name="run"))
-    return out / "run"
+def trained(tiny_run) -> Path:
+    """One finished tiny run (1 epoch, AdamW): conftest's session run, trained with ``TINY``; tests copy it."""
+    run_dir, _, values = tiny_run
+    assert values == TINY, "conftest.TINY_RUN and this file's TINY must stay the same run"
+    return run_dir
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:
@@ -296,7 +299,7 @@ def test_finite_training_loss_but_non_finite_test_metric_fails_the_command(tmp_p
 
 
 def test_detection_loss_is_checked_too():
-    from visattn.detect import build_detector
+    from visattn.models.detector import build_detector
     from visattn.tasks.common import NonFiniteLossError
     from visattn.tasks.detect import DetectionModule
 
@@ -387,8 +390,9 @@ KILL_AT_STEP = """
 import os, signal, sys
 import lightning as L
 import torch
-import visattn.train as vt
-from visattn.cli import run_cli, train_main
+import visattn.training as vt
+from visattn.cli.main import run_cli
+from visattn.cli.train import main as train_main
 
 torch.set_num_threads({threads})
 build = vt.build_trainer

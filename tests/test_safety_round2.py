@@ -24,10 +24,10 @@ import torch
 import yaml
 from PIL import Image
 
-from visattn.commands import main as visattn_main
+from visattn.cli.main import main as visattn_main
 from visattn.config import ConfigError, make_config
 from visattn.rundir import RUN_MARKER, is_run_dir
-from visattn.train import train
+from visattn.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"data": "digits", "img_size": 16, "epochs": 1, "batch_size": 16, "limit": 48, "num_workers": 0,
@@ -75,11 +75,11 @@ def user_folder(root: Path, *, config: str | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished tiny run (1 epoch, AdamW); tests copy it."""
-    out = tmp_path_factory.mktemp("trained")
-    train(make_config({}, {**TINY, "out": str(out), "name": "run"}))
-    return out / "run"
+def trained(tiny_run) -> Path:
+    """One finished tiny run (1 epoch, AdamW): conftest's session run, trained with ``TINY``; tests copy it."""
+    run_dir, _, values = tiny_run
+    assert values == TINY, "conftest.TINY_RUN and this file's TINY must stay the same run"
+    return run_dir
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:
@@ -283,8 +283,9 @@ def test_resume_with_more_epochs_adds_up_time_and_throughput(tmp_path, capsys, t
 KILL_AFTER_FIT = """
 import json, os, signal, sys, time
 import lightning as L
-import visattn.train as vt
-from visattn.cli import run_cli, train_main
+import visattn.training as vt
+from visattn.cli.main import run_cli
+from visattn.cli.train import main as train_main
 
 build = vt.build_trainer
 
@@ -404,7 +405,7 @@ def test_a_fifo_named_png_never_hangs_the_readers(tmp_path):
     from visattn.data.detect.readers import read_yolo
     from visattn.data.folders import load_image_folder
     from visattn.predict import list_images
-    from visattn.viz.run import read_image_folder
+    from visattn.visualize import read_image_folder
 
     root = yolo_root(tmp_path / "yolo")
     os.mkfifo(root / "images" / "train" / "pipe.png")
@@ -850,8 +851,9 @@ def test_a_checkpoint_of_another_optimiser_names_the_file_and_changes_nothing(tm
 KILL_WITH_WORKERS = """
 import json, os, signal, sys
 import lightning as L
-import visattn.train as vt
-from visattn.cli import run_cli, train_main
+import visattn.training as vt
+from visattn.cli.main import run_cli
+from visattn.cli.train import main as train_main
 
 build = vt.build_trainer
 

@@ -17,8 +17,9 @@ import yaml
 from scipy.stats import ttest_ind
 
 from visattn.config import ConfigError
+from visattn.data.datamodule import available_cpus
 from visattn.sweep import RunPlan, expand, make_spec, report_sweep, run_sweep, welch
-from visattn.sweep.execute import cpu_count, launch_values
+from visattn.sweep.execute import launch_values
 from visattn.sweep.grid import check_sweep_file
 from visattn.sweep.report import RunResult, summarize
 
@@ -252,7 +253,7 @@ def test_onnxruntime_latency_column_next_to_eager(killed_and_resumed, tmp_path, 
     def broken(*args, **kwargs):
         raise RuntimeError("no ONNX for you")
 
-    monkeypatch.setattr("visattn.sweep.report.ort_session", broken)
+    monkeypatch.setattr("visattn.sweep.latency.ort_session", broken)
     (sweep_dir / "latency.json").unlink()
     result = report_sweep(sweep_dir, ort_latency=True, echo=False)
     assert all(r.ort_latency_ms is None for r in result.summary)
@@ -266,8 +267,8 @@ def test_ray_executor_gives_the_same_numbers(killed_and_resumed, tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'visattn[sweep]')")
     spec = make_spec({**SWEEP, "attn": ["none", "se"], "seeds": [0]}, {})
     # as many threads per run as the local sweep's single worker had, so the arithmetic is the same
-    result = run_sweep(spec, out=tmp_path, name="ray", executor="ray", cpus_per_run=1.0, threads_per_run=cpu_count(),
-                       echo=False, ort_latency=False)
+    result = run_sweep(spec, out=tmp_path, name="ray", executor="ray", cpus_per_run=1.0,
+                       threads_per_run=available_cpus(), echo=False, ort_latency=False)
     local = {r["run_id"]: r for r in read_csv(killed_and_resumed["sweep_dir"] / "results.csv")}
     remote = read_csv(result.sweep_dir / "results.csv")
     assert len(remote) == 2 and all(r["status"] == "ok" for r in remote)

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import visattn.sweep.run as sweep_run
-from visattn.cli import run_cli
+from visattn.cli.main import run_cli
+from visattn.cli.sweep import main as sweep_main
 from visattn.config import ConfigError
 from visattn.rundir import DirLock
 from visattn.sweep import make_spec, run_sweep
-from visattn.sweep.cli import sweep_main
 from visattn.sweep.execute import is_done, run_error
 from visattn.sweep.grid import check_sweep_file, expand
 from visattn.sweep.run import MARKER, claim_sweep_dir
@@ -159,13 +159,15 @@ def test_unknown_block_on_the_command_line_trains_nothing(tmp_path, capsys):
 
 
 def write_run(run_dir: Path, metrics: dict | None = None, error: str | dict | None = None) -> Path:
+    """A run directory as training leaves it: metrics.json when it finished, then error.json (``write_error``'s
+    fields) when a later attempt failed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(error, dict):
-        (run_dir / "error.json").write_text(json.dumps(error))
-    elif error is not None:
-        (run_dir / "error.txt").write_text(error)
     if metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if isinstance(error, str):
+        error = {"status": "failed", "error_type": "RuntimeError", "error": error}
+    if error is not None:
+        (run_dir / "error.json").write_text(json.dumps(error))
     return run_dir
 
 
@@ -173,8 +175,8 @@ def write_run(run_dir: Path, metrics: dict | None = None, error: str | dict | No
     ({"test": {"acc": 0.5, "loss": None}}, None, "test.loss=null"),
     ({"test": {"acc": float("nan"), "loss": 1.0}}, None, "test.acc=NaN"),
     ({"test": {}}, None, "no test metrics"),
-    ({"test": {"acc": 0.5}, "error": "non-finite loss at step 3"}, None, "non-finite loss at step 3"),
-    ({"test": {"acc": 0.5}, "status": "failed", "reason": "loss nan"}, None, "loss nan"),
+    ({"test": {"acc": 0.5}}, "non-finite loss at step 3", "non-finite loss at step 3"),
+    ({"test": {"acc": 0.5}}, {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss nan"}, "loss nan"),
     (None, "non-finite loss at step 7 (ce=nan)", "step 7"),
     (None, {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss nan at step 2"}, "at step 2"),
     (None, None, "no metrics.json"),
@@ -187,7 +189,7 @@ def test_a_diverged_or_failed_run_is_not_done(tmp_path, metrics, error, reason):
 
 def test_a_finished_run_is_done_even_after_an_earlier_failed_attempt(tmp_path):
     run_dir = write_run(tmp_path / "runs" / "r-s0", error="killed")
-    os.utime(run_dir / "error.txt", (1, 1))  # the earlier attempt; a resume then finished the run
+    os.utime(run_dir / "error.json", (1, 1))  # the earlier attempt; a resume then finished the run
     write_run(run_dir, {"test": {"acc": 0.5, "loss": 1.2}, "status": "ok"})
     assert run_error(run_dir) is None and is_done(tmp_path, "r-s0")
     (run_dir / "error.json").write_text(json.dumps({"status": "failed", "error": "the later attempt diverged"}))

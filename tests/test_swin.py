@@ -15,8 +15,8 @@ from visattn.backbones.swin import (
     shift_window_mask,
     stage_window,
 )
-from visattn.build import build_model
 from visattn.layers import AttentionSlot
+from visattn.models.build import build_model
 from visattn.registry import BACKBONES
 
 timm = pytest.importorskip("timm")

@@ -11,8 +11,8 @@ import torch
 
 import visattn
 from visattn.backbones.timm_family import BRANCH_POINTS, TimmBackbone
-from visattn.build import list_slots
 from visattn.export import ModelSpec, export_model
+from visattn.models.build import list_slots
 from visattn.registry import BACKBONES
 
 # timm name -> (image size, timm_args, expected slot count per role): the smallest variants, shrunk where timm allows
@@ -170,8 +170,8 @@ def test_timm_state_dict_loads_through_pretrained(tmp_path, suffix):
 def test_inserted_blocks_start_as_the_identity_with_pretrained(tmp_path):
     """A timm overlay file in a run's config is its pretrained file, so attn_init auto starts the blocks as the
     identity: the pretrained network's output is unchanged, in every slot role."""
-    from visattn.build import measure_output_change
     from visattn.config import make_config
+    from visattn.models.weights import measure_output_change
 
     path = tmp_path / "convnext_atto.pth"
     torch.save(timm.create_model("convnext_atto").state_dict(), path)
@@ -202,7 +202,7 @@ def test_pretrained_adapts_to_another_size_and_channel_count(tmp_path):
 
 
 def test_detection_on_timm_features():
-    from visattn.detect import build_detector
+    from visattn.models.detector import build_detector
 
     detector = build_detector("timm:convnext_atto", num_classes=3, img_size=64, attn="cbam")
     assert [s.stride for s in detector.backbone.stage_info] == [4, 8, 16, 32]
@@ -322,8 +322,8 @@ def test_attention_maps_and_grad_cam_on_a_timm_model():
 
 
 def test_command_line_profile_and_run_name(capsys):
-    from visattn.cli import train_main
-    from visattn.commands import profile_main
+    from visattn.cli.profile import main as profile_main
+    from visattn.cli.train import main as train_main
 
     profile_main(["--backbone", "timm:convnext_atto", "--attn", "se", "--img-size", "32", "--num-classes", "10",
                   "--repeats", "1", "--warmup", "0", "--train-steps", "0"])
@@ -341,7 +341,7 @@ def test_the_timm_sweep_config_expands_to_its_grid(tmp_path, capsys):
     """The committed timm sweep config parses and plans backbone x blocks x seeds (nothing is trained)."""
     from pathlib import Path
 
-    from visattn.sweep.cli import sweep_main
+    from visattn.cli.sweep import main as sweep_main
 
     config = Path(__file__).parent.parent / "configs" / "sweeps" / "cluttered_timm_regnetx002.yaml"
     assert sweep_main(["--config", str(config), "--out", str(tmp_path), "--dry-run"]) == 0

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from visattn.cli import train_main
+from visattn.cli.train import main as train_main
 from visattn.config import ConfigError, make_config
-from visattn.train import read_metrics_csv, train
+from visattn.rundir import read_metrics_csv
+from visattn.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -60,7 +61,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 import lightning as L
 from visattn.config import make_config
-from visattn.train import prepare, fit
+from visattn.training import prepare, fit
 
 class Kill(L.Callback):
     def on_train_epoch_start(self, trainer, module):

@@ -214,7 +214,7 @@ def test_figures_are_written(tmp_path):
 @pytest.fixture(scope="module")
 def cluttered_run(tmp_path_factory):
     from visattn.config import make_config
-    from visattn.train import train
+    from visattn.training import train
 
     out = tmp_path_factory.mktemp("runs")
     data_args = {"n_train": 64, "n_val": 16, "n_test": 16, "canvas_size": 32, "min_digit_size": 10,

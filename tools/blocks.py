@@ -1,7 +1,7 @@
 """Every registered attention block, its parameters and output shape (an alias of ``visattn blocks``)."""
 
-from visattn.cli import run_cli
-from visattn.commands import blocks_main
+from visattn.cli.blocks import main
+from visattn.cli.main import run_cli
 
 if __name__ == "__main__":
-    run_cli(blocks_main)
+    run_cli(main)

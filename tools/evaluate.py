@@ -1,7 +1,7 @@
 """Evaluate a run: ``python tools/evaluate.py --run runs/<dir>`` (an alias of ``visattn evaluate``; see --help)."""
 
-from visattn.cli import run_cli
-from visattn.commands import evaluate_main
+from visattn.cli.evaluate import main
+from visattn.cli.main import run_cli
 
 if __name__ == "__main__":
-    run_cli(evaluate_main)
+    run_cli(main)

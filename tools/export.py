@@ -1,7 +1,7 @@
 """Export a trained run: ``python tools/export.py --run runs/<dir>`` (an alias of ``visattn export``; see --help)."""
 
-from visattn.cli import run_cli
-from visattn.commands import export_main
+from visattn.cli.export import main
+from visattn.cli.main import run_cli
 
 if __name__ == "__main__":
-    run_cli(export_main)
+    run_cli(main)

@@ -3,8 +3,8 @@
 (Not named ``profile.py``: a script there would shadow the stdlib ``profile`` module that torch imports.)
 """
 
-from visattn.cli import run_cli
-from visattn.commands import profile_main
+from visattn.cli.main import run_cli
+from visattn.cli.profile import main
 
 if __name__ == "__main__":
-    run_cli(profile_main)
+    run_cli(main)

@@ -1,6 +1,7 @@
 """Train a model: ``python tools/train.py --backbone resnet50 --attn cbam`` (see --help)."""
 
-from visattn.cli import run_cli, train_main
+from visattn.cli.main import run_cli
+from visattn.cli.train import main
 
 if __name__ == "__main__":
-    run_cli(train_main)
+    run_cli(main)

@@ -1,40 +1,27 @@
-"""visattn: plug-in attention blocks for vision backbones."""
+"""visattn: plug-in attention blocks for vision backbones.
 
-from visattn.attention import build_attention, list_attention
-from visattn.backbones import list_backbones
-from visattn.build import build_model, fill_slots, list_slots, load_pretrained
+The names below are imported on first use (PEP 562), so ``import visattn`` and ``visattn --help`` import no torch.
+"""
+
+from visattn.lazy import lazy_face
 
 __version__ = "0.1.0"
 
-
-def count(model, *, input_size=(1, 3, 224, 224), device=None):  # noqa: ANN001, ANN201
-    """Params, MACs and FLOPs of ``model`` at ``input_size``; see :func:`visattn.complexity.count`."""
-    from visattn.complexity import count as _count
-
-    return _count(model, input_size=input_size, device=device)
-
-
-def load(path, *, checkpoint="best"):  # noqa: ANN001, ANN201
-    """A :class:`visattn.api.Predictor` of an export folder or a run directory: ``load(path)(images)`` gives labels
-    and scores or boxes, ``load(path)(tensor)`` and ``.module`` the raw module; see :func:`visattn.api.load`."""
-    from visattn.api import load as _load
-
-    return _load(path, checkpoint=checkpoint)
-
-
-def __getattr__(name):  # noqa: ANN001, ANN202
-    """``visattn.train`` (the module, callable as the Python API: ``visattn.train(backbone="resnet18", ...)``),
-    ``visattn.TrainConfig``, ``Run`` and ``Predictor``, imported on first use."""
-    import importlib
-
-    if name == "train":
-        return importlib.import_module("visattn.train")
-    if name == "TrainConfig":
-        return importlib.import_module("visattn.config").TrainConfig
-    if name in ("Run", "Predictor"):
-        return getattr(importlib.import_module("visattn.api"), name)
-    raise AttributeError(f"module 'visattn' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_face(__name__, {
+    "build_attention": "visattn.attention",
+    "list_attention": "visattn.attention",
+    "list_backbones": "visattn.backbones",
+    "build_model": "visattn.models.build",
+    "fill_slots": "visattn.models.build",
+    "list_slots": "visattn.models.build",
+    "load_pretrained": "visattn.models.weights",
+    "count": "visattn.complexity",
+    "load": "visattn.api",
+    "train": "visattn.api",
+    "Run": "visattn.api",
+    "Predictor": "visattn.api",
+    "TrainConfig": "visattn.config",
+})
 
 __all__ = [
     "Predictor",

@@ -3,7 +3,7 @@
 ``train`` resolves keywords through :func:`visattn.config.make_config`, the code behind ``visattn train``'s flags,
 so a call gets the same data-aware defaults as the command line. A predictor runs images through the run's own eval
 preprocessing (``visattn.predict``: the transform validation used, or the detector's letterbox) and
-postprocessing (softmax top-k, or ``visattn.detect.postprocess`` and boxes in the original image's pixels).
+postprocessing (softmax top-k, or ``visattn.models.detector.postprocess`` and boxes in the original image's pixels).
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from visattn.config import TrainConfig
+from visattn.config import TrainConfig, make_config, read_yaml, resolve_config
+from visattn.data.base import pil_to_rgb
+from visattn.data.detect.transforms import letterbox, unletterbox
+from visattn.data.transforms import build_eval_transform
+from visattn.export import load as load_module
+from visattn.export import load_run, read_export_values
+from visattn.models.detector import postprocess
+from visattn.predict import list_images, open_rgb
+from visattn.training import train as train_config
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -46,9 +54,6 @@ def train(config: TrainConfig | Mapping[str, Any] | None = None, /, *, config_fi
     ``config``: a ``TrainConfig`` or a mapping, used as the file values would be. Defaults not given (data set,
     image size by data set, batch size, epochs, learning rate by optimiser) are filled as on the command line.
     """
-    from visattn.config import make_config, read_yaml, resolve_config
-    from visattn.train import train as train_config
-
     base: dict[str, Any] = {}
     if config_file is not None:
         base.update(read_yaml(resolve_config(config_file)))
@@ -132,7 +137,6 @@ class Predictor:
         return out
 
     def _classify(self, rgb: list[tuple[str | None, np.ndarray]], top_k: int) -> list[Classification]:
-        from visattn.data.transforms import build_eval_transform
 
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
@@ -149,8 +153,6 @@ class Predictor:
         return results
 
     def _detect(self, rgb: list[tuple[str | None, np.ndarray]], conf: float | None) -> list[Detections]:
-        from visattn.data.detect.transforms import letterbox, unletterbox
-        from visattn.detect import postprocess
 
         threshold = float(self.spec.get("conf_threshold", 0.25)) if conf is None else float(conf)
         if not 0.0 <= threshold < 1.0:
@@ -177,7 +179,6 @@ class Predictor:
 
 def expand_images(images: Any) -> list[tuple[str | None, Any]]:
     """``(name, item)`` pairs: a folder becomes its image files (sorted), a path its file, in-memory images None."""
-    from visattn.predict import list_images
 
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
@@ -206,8 +207,6 @@ def expand_images(images: Any) -> list[tuple[str | None, Any]]:
 
 def to_rgb(item: Any) -> np.ndarray:
     """(H, W, 3) uint8 RGB, decoded as ``visattn predict`` decodes files."""
-    from visattn.data.base import pil_to_rgb
-    from visattn.predict import open_rgb
 
     if isinstance(item, Path):
         return np.asarray(open_rgb(item))
@@ -224,8 +223,6 @@ def to_rgb(item: Any) -> np.ndarray:
 def load(path: str | Path, *, checkpoint: str = "best") -> Predictor:
     """A :class:`Predictor` from an export folder (model.json + model.safetensors) or a run directory (its
     ``checkpoint``: best, last or a path)."""
-    from visattn.export import load as load_module
-    from visattn.export import load_run, read_export_values
 
     path = Path(path)
     if (path / "model.json").exists():

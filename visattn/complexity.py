@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from visattn.errors import BadValueError
 from visattn.layers import AttentionSlot
 
 __all__ = ["Complexity", "count", "measure_latency"]
@@ -170,7 +171,7 @@ def _num_params(module: nn.Module) -> int:
 def _check_size(input_size: Any) -> tuple[int, ...]:
     if (not isinstance(input_size, (tuple, list)) or not input_size
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_size)):
-        raise ValueError(f"input_size must be a non-empty tuple of positive ints, got {input_size!r}")
+        raise BadValueError(f"input_size must be a non-empty tuple of positive ints, got {input_size!r}")
     return tuple(input_size)
 
 
@@ -249,9 +250,9 @@ def measure_latency(model: nn.Module, *, input_size: tuple[int, ...] = (1, 3, 22
     Returns ``median_ms``, ``mean_ms``, ``min_ms``, ``max_ms`` and ``repeats``.
     """
     if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+        raise BadValueError(f"warmup must be an int >= 0, got {warmup!r}")
     if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+        raise BadValueError(f"repeats must be an int >= 1, got {repeats!r}")
     times: list[float] = []
     with _evaluating(model, input_size, device) as x, torch.no_grad():
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)

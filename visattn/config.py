@@ -10,14 +10,18 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
+from visattn.errors import ConfigError
 from visattn.registry import did_you_mean
+from visattn.safe_yaml import MAX_YAML_BYTES, load_yaml
+
+VERBOSE_ENV = "VISATTN_VERBOSE"  # "1": Lightning's banners and notes are shown (``visattn train --verbose``)
 
 TASKS = ("classify", "detect")
 # lr and weight_decay when the config does not set them, by optimiser then task. AdamW: 2e-3 (as ultralytics picks
@@ -48,15 +52,13 @@ SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "
 LOCATION_KEYS = ("out", "name", "resume", "overwrite", "run_id")  # where a run is and how it was reached, not what
 # it is
 VERIFY_IMAGES = ("quick", "full")  # the up-front scan of image files: headers and checksums, or every pixel decoded
-MAX_YAML_BYTES = 4 << 20  # a config, sweep or data.yaml file; real ones are a few kB
-MAX_YAML_VALUES = 100_000  # values in a YAML document with every alias (*name) expanded: a bomb stops here
 # How inserted blocks start (visattn.layers.gate): "auto" is "identity" with a pretrained file (the network's output
 # is unchanged at step 0), else "paper" (the published block).
 ATTN_INITS = ("auto", "paper", "identity")
 FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used."""
+# What ``visattn export`` makes (visattn.export); here so that its --help imports no torch.
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+DEFAULT_OPSET = 18
 
 
 @dataclass
@@ -111,7 +113,7 @@ class TrainConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        # a default name is made a valid folder name (visattn.rundir.check_name): e.g. an ``at`` glob's brackets;
+        # a default name is made a valid folder name (check_name): e.g. an ``at`` glob's brackets;
         # timm:convnext_atto -> timm-convnext_atto
         backbone = self.backbone.replace(":", "-")
         data = self.data
@@ -169,7 +171,23 @@ def effective_init(attn: Any, attn_init: str) -> str | None:
 
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+NAME_SIGNS = "._-@+="  # besides letters and digits, what a run or sweep name may hold
 
+
+
+def check_name(name: str, *, what: str = "run") -> str:
+    """A run or sweep name is one folder name: letters, digits and ``._-@+=``, not ``.``/``..``, not starting with
+    ``~`` or ``-`` (a shell would read it as a home folder or an option); it can never point outside ``--out``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} name must be a non-empty string, got {name!r}")
+    bad = sorted({c for c in name if not (c.isalnum() or c in NAME_SIGNS)})
+    if name in (".", "..") or bad or name[0] in "~-":
+        why = (f"it holds {', '.join(repr(c) for c in bad)}" if bad else
+               "it starts with '~' or '-'" if name[0] in "~-" else "it names the folder itself or its parent")
+        raise ConfigError(f"{what} name {name!r} must be a single folder name of letters, digits and "
+                          f"{' '.join(NAME_SIGNS)}, not starting with '~' or '-' ({why}); use --out to choose the "
+                          "parent folder")
+    return name
 
 
 def check_keys(values: Mapping[str, Any], source: str) -> None:
@@ -209,56 +227,6 @@ def resolve_config(name: str | Path) -> Path:
                       f"{', '.join(short) or 'none (the package has no configs folder)'}")
 
 
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
-    """Values under ``node`` with every alias expanded (aliases share one node: memoised per node)."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_nodes:
-        raise ConfigError("an alias refers to a value that contains it (a recursive alias)")
-    open_nodes.add(key)
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes)
-                       for k, v in node.value)
-    else:
-        size = 1
-    open_nodes.discard(key)
-    sizes[key] = size
-    if size > MAX_YAML_VALUES:
-        raise ConfigError(f"it expands to more than {MAX_YAML_VALUES:,} values through its aliases (*name); "
-                          "visattn refuses YAML this large (an alias bomb?)")
-    return size
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a document whose aliases expand past ``MAX_YAML_VALUES`` values before
-    anything is built from it (a 500-byte alias bomb otherwise costs minutes of CPU and then all memory)."""
-
-    def compose_document(self) -> yaml.Node | None:
-        node = super().compose_document()
-        if node is not None:
-            _expanded_size(node, {}, set())
-        return node
-
-
-def load_yaml(text: str, *, source: str) -> Any:
-    """``yaml.safe_load`` with bounds: at most ``MAX_YAML_BYTES`` of text and ``MAX_YAML_VALUES`` values after
-    expanding aliases; ConfigError naming ``source`` otherwise (or for invalid YAML)."""
-    if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"YAML file {source} is {len(text) / 1e6:.1f} MB; visattn reads YAML files of at most "
-                          f"{MAX_YAML_BYTES / 1e6:.0f} MB")
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError as err:
-        raise ConfigError(f"YAML file {source}: {err}") from None
-    except RecursionError:
-        raise ConfigError(f"YAML file {source} is nested too deeply") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {source} is not valid YAML: {err}") from err
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -276,6 +244,48 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
     return values
+
+
+# ------------------------------------------------------------------------------------------ values from flags
+def parse_value(text: str) -> Any:
+    """A YAML scalar/list/mapping from the command line: ``3``, ``0.1``, ``true``, ``[1, 2]``, ``{a: 1}``."""
+    try:
+        return load_yaml(text, source="the command line")
+    except ConfigError as err:
+        if isinstance(err.__cause__, yaml.YAMLError):
+            return text
+        raise
+
+
+def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` flags -> ``{key: parsed value}``; dashes in keys become underscores."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = parse_value(value)
+    return out
+
+
+def nest_dotted(values: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"data_args.num_train": 64}`` -> ``{"data_args": {**base["data_args"], "num_train": 64}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." not in key:
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        current = out.get(head, base.get(head))
+        if current is None:
+            current = {}
+        if not isinstance(current, Mapping):
+            raise ConfigError(f"--set {key}=...: {head!r} is not a mapping (it is {current!r}); "
+                              f"set it whole with --set {head}=VALUE")
+        out[head] = {**current, **nest_dotted({rest: value}, current)}
+    return out
+
+
 
 
 def _type_name(hint: Any) -> str:
@@ -341,9 +351,31 @@ def held_notices() -> Iterator[list[str]]:
         _HELD_NOTICES.pop()
 
 
+# Where launchers put a process's global rank: torchrun and Lightning's own launcher, SLURM's srun, MPI (MPICH, Intel
+# MPI, Open MPI), LSF's jsrun. RANK wins: under `srun torchrun ...` SLURM_PROCID numbers the nodes, not the processes.
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "JSM_NAMESPACE_RANK")
+
+
+def global_rank() -> int:
+    """This process's rank over every node, from the launcher's environment; 0 when nothing launched it.
+
+    Without any of ``RANK_VARIABLES`` (Lightning's launcher before it starts the other processes of a node)
+    the rank is 0 only on node 0 (``NODE_RANK``) in its first process (``LOCAL_RANK``).
+    """
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={value!r} is not a process rank (an integer)") from None
+    local, node = os.environ.get("LOCAL_RANK", "0").strip() or "0", os.environ.get("NODE_RANK", "0").strip() or "0"
+    return 0 if (local, node) == ("0", "0") else 1
+
+
 def notice(text: str) -> None:
     """A one-line note on stderr (global rank 0 only), or into the innermost ``held_notices()``."""
-    if os.environ.get("RANK", "0") != "0":
+    if global_rank() != 0:
         return
     if _HELD_NOTICES:
         _HELD_NOTICES[-1].append(text)
@@ -358,8 +390,6 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     config = TrainConfig(**{**dict(file_values), **dict(overrides)})
     check_types(config)
     if config.name is not None:
-        from visattn.rundir import check_name
-
         check_name(config.name)
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
@@ -432,6 +462,7 @@ RANGES: tuple[tuple[str, float, bool, float, str], ...] = (
     ("label_smoothing", 0.0, False, 1.0, "in [0, 1)"),
     ("warmup_epochs", 0.0, False, math.inf, ">= 0"),
 )
+
 OPTIONAL_COUNTS = {"early_stopping": 1, "visualize_every": 1, "limit": 1, "num_workers": 0}  # None, or >= this
 
 
@@ -451,10 +482,3 @@ def check_ranges(config: TrainConfig) -> None:
         raise ConfigError(f"seed must be an integer >= 0, got {config.seed!r}")
     if config.verify_images not in VERIFY_IMAGES:
         raise ConfigError(f"verify_images must be one of {', '.join(VERIFY_IMAGES)}, got {config.verify_images!r}")
-
-
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    """Written to a temporary file, then renamed: a kill never leaves half a config.yaml."""
-    from visattn.rundir import write_atomic
-
-    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

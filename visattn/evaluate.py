@@ -19,7 +19,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.detection import MeanAveragePrecision
 
-from visattn.rundir import write_figure
+from visattn.errors import ConfigError, DataError
+from visattn.export import load, load_run, read_run_files
+from visattn.extras import require
+from visattn.perf import resolve_precision
+from visattn.rundir import read_run_config, write_figure, write_json_atomic
+from visattn.tasks.common import quiet_lightning
+from visattn.tasks.factory import build_datamodule, build_module
 
 SPLITS = ("test", "val")
 
@@ -58,9 +64,7 @@ class ConfusionCallback(L.Callback):
 
 def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -> tuple[nn.Module, Any, str]:
     """(eval-mode model, its ``ModelSpec``, a label): a run checkpoint read with ``weights_only=True``
-    (``visattn.build.read_state_dict``), or an export folder's model.json + model.safetensors."""
-    from visattn.export import load, load_run
-
+    (``visattn.models.read_state_dict``), or an export folder's model.json + model.safetensors."""
     if export is None:
         model, spec = load_run(run_dir, checkpoint=checkpoint)
         return model, spec, f"checkpoint {checkpoint}"
@@ -74,8 +78,6 @@ def load_weights(run_dir: Path, *, checkpoint: str, export: str | Path | None) -
 
 def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | Path) -> None:
     """An export evaluated with a run must be of the run's task and (when the run recorded it) class count."""
-    from visattn.export import read_run_files
-
     _, metrics = read_run_files(run_dir)
     classes = metrics.get("num_classes")
     mismatch = []
@@ -84,15 +86,13 @@ def check_export_fits_run(spec: Any, config: Any, run_dir: Path, export: str | P
     if isinstance(classes, int) and classes != spec.num_classes:
         mismatch.append(f"{spec.num_classes} classes vs the run's {classes}")
     if mismatch:
-        raise ValueError(f"--export {export} does not belong to run {run_dir}: {'; '.join(mismatch)} (it holds a "
+        raise ConfigError(f"--export {export} does not belong to run {run_dir}: {'; '.join(mismatch)} (it holds a "
                          f"{spec.task} {spec.backbone} model); evaluate an export of this run, or evaluate the run's "
                          "own checkpoint without --export")
 
 
 def confusion_figure(matrix: list[list[int]], class_names: list[str], path: Path, title: str) -> Path | None:
     """A PNG of the confusion matrix (matplotlib: ``MissingExtraError`` naming the extra without it)."""
-    from visattn.extras import require
-
     require("matplotlib", purpose="the confusion-matrix PNG").use("Agg")
     import matplotlib.pyplot as plt
 
@@ -133,15 +133,11 @@ def evaluate_run(
     ``data`` other than the run's starts from that data set's defaults (``data_dir`` and options are not
     carried over); it must have the run's number of classes.
     """
-    from visattn.cli import quiet_lightning
-    from visattn.train import build_datamodule, write_json_atomic
-    from visattn.viz.run import read_run_config
-
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")
+        raise ConfigError(f"split {split!r} cannot be evaluated; valid splits: {', '.join(SPLITS)}")
     for name, value in (("batch_size", batch_size), ("limit", limit)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     model, spec, weights = load_weights(run_dir, checkpoint=checkpoint, export=export)
@@ -160,25 +156,19 @@ def evaluate_run(
     quiet_lightning()
     datamodule = build_datamodule(config)
     if datamodule.num_classes != spec.num_classes:
-        raise ValueError(f"data set {config.data!r} has {datamodule.num_classes} classes but the model predicts "
+        raise DataError(f"data set {config.data!r} has {datamodule.num_classes} classes but the model predicts "
                          f"{spec.num_classes}; evaluate on a data set with the run's classes")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     callbacks: list[L.Callback] = []
+    module = build_module(config, model, num_classes=spec.num_classes, in_chans=spec.in_chans, evaluation=True)
     if spec.task == "detect":
-        from visattn.tasks.detect import DetectionModule, coco_backend
+        from visattn.tasks.detect import coco_backend
 
-        module: L.LightningModule = DetectionModule(model, num_classes=spec.num_classes, img_size=spec.img_size,
-                                                    ema=False)  # the checkpoint's weights are the averaged ones
         module.test_map = KeepingMeanAP(box_format="xyxy", iou_type="bbox", backend=coco_backend(),
                                         class_metrics=True)
     else:
-        from visattn.tasks.classify import ClassificationModule
-
-        module = ClassificationModule(model, num_classes=spec.num_classes, img_size=spec.img_size,
-                                      in_chans=spec.in_chans, label_smoothing=config.label_smoothing)
         confusion = ConfusionCallback(spec.num_classes)
         callbacks.append(confusion)
-    from visattn.perf import resolve_precision
 
     precision, _ = resolve_precision(config.precision, accelerator=config.accelerator)  # "auto": as training chose
     trainer = L.Trainer(accelerator=config.accelerator, devices=1, logger=False, callbacks=callbacks,

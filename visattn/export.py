@@ -18,18 +18,20 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from visattn.build import build_model, read_state_dict
+from visattn.config import DEFAULT_OPSET, EXPORT_FORMATS
+from visattn.errors import BadValueError, ConfigError, ExportError
+from visattn.extras import require
+from visattn.models.spec import ModelSpec
+from visattn.models.weights import read_state_dict
 from visattn.registry import did_you_mean
+from visattn.rundir import find_checkpoint, is_regular, read_file, read_run_files
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-DEFAULT_OPSET = 18
 MIN_OPSET = 18  # torch's ONNX exporter (dynamo=True) emits opset 18 and cannot convert every op below it
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 5e-2  # half precision keeps ~3 significant digits; compared on logits
@@ -39,91 +41,17 @@ MIN_BOX_AGREEMENT = 0.95
 # A detector's export is also compared after NMS at this confidence on the decoded outputs: at the export's own
 # threshold an untrained or early model may find no box at all, and "0 boxes agree" verifies nothing.
 VERIFY_CONF = 0.001
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ExportError(ValueError):
-    """An export that could not be made or did not match the eager model (the message has the numbers)."""
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model without the training code (saved as ``model.json``)."""
-
-    task: str
-    backbone: str
-    attn: Any
-    num_classes: int
-    in_chans: int
-    img_size: int
-    backbone_args: dict[str, Any]
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
-    neck: str | None = None  # detection only, as the rest below
-    scale: str | None = None
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.6
-    max_det: int = 100
-    attn_init: str = "paper"  # how the blocks were started; "identity" changes their gate (visattn.layers.gate)
-
-    def build(self) -> nn.Module:
-        if self.task == "detect":
-            from visattn.detect import build_detector
-
-            return build_detector(self.backbone, attn=self.attn, num_classes=self.num_classes,
-                                  neck=self.neck or "pan", scale=self.scale or "n", img_size=self.img_size,
-                                  backbone_args=self.backbone_args, attn_init=self.attn_init)
-        if self.task != "classify":
-            raise ExportError(f"unknown task {self.task!r} in the model spec; valid tasks: classify, detect")
-        return build_model(self.backbone, attn=self.attn, num_classes=self.num_classes, in_chans=self.in_chans,
-                           img_size=self.img_size, backbone_args=self.backbone_args, attn_init=self.attn_init)
-
-    def class_weight_key(self) -> str:
-        """The state-dict key whose first dimension is the number of classes."""
-        probe = ModelSpec(**{**self.__dict__, "num_classes": 1}).build()
-        if self.task == "detect":
-            return f"head.cls_branches.0.{len(probe.head.cls_branches[0]) - 1}.weight"
-        return f"{probe.classifier_name}.weight"
 
 
 def parse_formats(formats: str | Sequence[str]) -> list[str]:
     items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
     for item in items:
-        if item not in FORMATS:
-            raise ValueError(f"unknown export format {item!r}.{did_you_mean(item, list(FORMATS))} "
-                             f"Valid formats: {', '.join(FORMATS)}")
+        if item not in EXPORT_FORMATS:
+            raise ConfigError(f"unknown export format {item!r}.{did_you_mean(item, list(EXPORT_FORMATS))} "
+                             f"Valid formats: {', '.join(EXPORT_FORMATS)}")
     if not items:
-        raise ValueError(f"no export format given; valid formats: {', '.join(FORMATS)}")
+        raise ConfigError(f"no export format given; valid formats: {', '.join(EXPORT_FORMATS)}")
     return items
-
-
-def find_checkpoint(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    else:
-        path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path} in run {run_dir} (train it first, or pass --checkpoint PATH)")
-    return path
-
-
-def read_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A run's config.yaml and metrics.json ({} when it has none yet), read as files visattn wrote (no links, no
-    FIFOs, bounded YAML)."""
-    from visattn.rundir import load_record, read_file
-
-    config = load_record(run_dir / "config.yaml")
-    if config is None:
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by visattn train")
-    try:
-        metrics = json.loads(read_file(run_dir / "metrics.json"))
-    except FileNotFoundError:
-        metrics = {}
-    except ValueError as err:
-        raise ValueError(f"{run_dir / 'metrics.json'} is not valid JSON: {err}") from None
-    return config, metrics if isinstance(metrics, dict) else {}
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Module, ModelSpec]:
@@ -131,19 +59,12 @@ def load_run(run_dir: str | Path, *, checkpoint: str = "best") -> tuple[nn.Modul
     run_dir = Path(run_dir)
     config, metrics = read_run_files(run_dir)
     state = read_state_dict(find_checkpoint(run_dir, checkpoint))
-    augment = config.get("augment") or {}
-    task = config.get("task", "classify")
-    spec = ModelSpec(
-        task=task, backbone=config["backbone"], attn=config.get("attn"),
-        num_classes=0, in_chans=3, img_size=int(config["img_size"]), backbone_args=config.get("backbone_args") or {},
-        class_names=list(metrics.get("class_names") or []), mean=list(augment.get("mean", IMAGENET_MEAN)),
-        std=list(augment.get("std", IMAGENET_STD)),
-        neck=config.get("neck") if task == "detect" else None, scale=config.get("scale") if task == "detect" else None,
-        attn_init=config.get("attn_init") or "paper",  # runs made before the option started every block "paper"
-    )
+    spec = ModelSpec.from_config(config, num_classes=0, in_chans=int(metrics.get("in_chans", 3)),
+                                 class_names=metrics.get("class_names") or [])
     head_key = spec.class_weight_key()
     if head_key not in state:
-        raise ValueError(f"checkpoint of {run_dir} has no class weight {head_key!r}; is it a visattn {task} run?")
+        raise ExportError(f"checkpoint of {run_dir} has no class weight {head_key!r}; is it a visattn {spec.task} "
+                          "run?")
     spec.num_classes = int(state[head_key].shape[0])
     model = spec.build()
     model.load_state_dict(state, strict=True)
@@ -154,8 +75,6 @@ def read_export_values(folder: str | Path) -> dict[str, Any]:
     """An export folder's model.json, checked: valid JSON of spec keys only, a known task, whole-number sizes,
     class names matching the class count, and equal to the spec report.json recorded when the export was verified
     (an edited model.json would silently predict something else). One-line ``ExportError`` otherwise."""
-    from visattn.rundir import read_file
-
     folder = Path(folder)
     path = folder / "model.json"
     try:
@@ -205,8 +124,6 @@ def load(path: str | Path, *, checkpoint: str = "best") -> nn.Module:
     """Rebuild a model without Lightning: from an ``export/`` folder (model.json + model.safetensors) or a run dir."""
     path = Path(path)
     if (path / "model.json").exists():
-        from visattn.extras import require
-
         load_file = require("safetensors.torch", purpose="reading an export's model.safetensors").load_file
         spec = read_export_spec(path)
         weights = path / "model.safetensors"
@@ -237,18 +154,19 @@ def sample_images(spec: ModelSpec, config: dict[str, Any], count: int, img_size:
     """Up to ``count`` normalised test images of the run's own data, or None when the data cannot be read here."""
     # skip_bad_images as in training: the files the run left out would otherwise stop the data from loading
     common = dict(name=config["data"], data_dir=config.get("data_dir"), img_size=img_size, batch_size=count,
-                  num_workers=0, limit=count, skip_bad_images=bool(config.get("skip_bad_images", False)))
+                  num_workers=0, limit=count, skip_bad_images=bool(config.get("skip_bad_images", False)),
+                  dataset_options=config.get("data_args") or None)
     try:
         with warnings.catch_warnings():  # "skipped N undecodable images" was reported by the training run
             warnings.simplefilter("ignore")
             if spec.task == "detect":
                 from visattn.data.detect import DetectionDataModule
 
-                data = DetectionDataModule(**common, **(config.get("data_args") or {}))
+                data = DetectionDataModule(**common)
             else:
                 from visattn.data import ClassificationDataModule
 
-                data = ClassificationDataModule(**common, dataset_options=config.get("data_args") or None)
+                data = ClassificationDataModule(**common)
             data.setup("test")
             images, _ = next(iter(data.test_dataloader()))
         return images
@@ -312,8 +230,6 @@ def compare_detection(name: str, exported: Any, eager: tuple[torch.Tensor, torch
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool, opset: int,
                 output_names: Sequence[str] = ("logits",), translations: dict | None = None) -> Any:
-    from visattn.extras import require
-
     onnx = require("onnx", purpose="ONNX export")
     ort = require("onnxruntime", purpose="checking the ONNX export")
     require("onnxscript", purpose="torch's ONNX exporter")
@@ -321,7 +237,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_
     if opset < MIN_OPSET:
         blocks = sorted({m.block_name for m in model.modules() if getattr(m, "block_name", None)})
         need = " (STN's grid_sample alone needs opset >= 16)" if "stn" in blocks else ""
-        raise ValueError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
+        raise ConfigError(f"opset {opset} is too old: visattn exports with torch's dynamo exporter, which needs "
                          f"opset >= {MIN_OPSET}{need}")
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None  # by position
     try:
@@ -356,8 +272,6 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> A
 
 
 def export_safetensors(model: nn.Module, spec: ModelSpec, folder: Path) -> Any:
-    from visattn.extras import require
-
     save_file = require("safetensors.torch", purpose="safetensors export").save_file
     save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     (folder / "model.json").write_text(json.dumps(spec.__dict__, indent=2))
@@ -380,7 +294,7 @@ def export_model(
 
     A detector's ONNX file holds box decoding and class-wise NMS (outputs ``decoded`` (B, A, 4 + C) and
     ``detections`` (K, 7): batch, x0, y0, x1, y1, score, class); its TorchScript file and safetensors
-    weights give ``decoded``, and NMS runs outside (``visattn.detect.postprocess``).
+    weights give ``decoded``, and NMS runs outside (``visattn.models.postprocess``).
     """
     model = model.eval()
     dtype = torch.float16 if half else torch.float32
@@ -388,7 +302,7 @@ def export_model(
         model = model.half()
     detect = spec.task == "detect"
     if detect:
-        from visattn.detect import DetectorWithNMS
+        from visattn.models.detector import DetectorWithNMS
         from visattn.ops import onnx_translations
 
         with_nms = DetectorWithNMS(model, conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold,
@@ -409,7 +323,7 @@ def export_model(
     if detect:
         report["nms"] = {"onnx": "in the graph (NonMaxSuppression); outputs decoded, detections",
                          "torchscript": "outside: the file gives decoded boxes and scores; run "
-                                        "visattn.detect.postprocess (torchvision batched_nms) on them",
+                                        "visattn.models.postprocess (torchvision batched_nms) on them",
                          "safetensors": "outside, as for torchscript"}
         report.update(conf_threshold=spec.conf_threshold, iou_threshold=spec.iou_threshold, max_det=spec.max_det)
     with torch.no_grad():
@@ -504,8 +418,6 @@ def _carry_over(target: Path, staging: Path, report: dict[str, Any], formats: Se
     """Keep the previous export's files of the formats not exported now, when they were made from the same
     checkpoint file with the same spec and settings (as its report.json records); returns (kept files, removed
     files with the reason). Their report entries are kept with them."""
-    from visattn.rundir import is_regular, read_file
-
     try:
         previous = json.loads(read_file(target / "report.json"))
     except (OSError, ValueError):
@@ -525,7 +437,7 @@ def _carry_over(target: Path, staging: Path, report: dict[str, Any], formats: Se
         source = target / name
         if not name or "/" in name or name in new_files or not is_regular(source):
             continue
-        if same and fmt in FORMATS:
+        if same and fmt in EXPORT_FORMATS:
             try:
                 os.link(source, staging / name)
             except OSError:
@@ -541,7 +453,7 @@ def export_run(
     run_dir: str | Path,
     *,
     checkpoint: str = "best",
-    formats: str | Sequence[str] = FORMATS,
+    formats: str | Sequence[str] = EXPORT_FORMATS,
     dynamic_batch: bool = False,
     img_size: int | None = None,
     opset: int = DEFAULT_OPSET,
@@ -561,8 +473,6 @@ def export_run(
     """
     formats = parse_formats(formats)
     if "onnx" in formats:  # before the model is loaded: a missing package stops the command at once
-        from visattn.extras import require
-
         for module in ("onnx", "onnxruntime", "onnxscript"):
             require(module, purpose="visattn export --format onnx")
     run_dir = Path(run_dir)
@@ -576,9 +486,9 @@ def export_run(
         if value is None:
             continue
         if spec.task != "detect":
-            raise ValueError(f"{flag} applies to detection runs; {run_dir} is a {spec.task!r} run")
+            raise BadValueError(f"{flag} applies to detection runs; {run_dir} is a {spec.task!r} run")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(f"{flag} must be a number in [0, 1), got {value!r}")
+            raise BadValueError(f"{flag} must be a number in [0, 1), got {value!r}")
         setattr(spec, key, float(value))
     config, _ = read_run_files(run_dir)
     images = sample_images(spec, config, 4, spec.img_size)

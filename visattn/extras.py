@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from visattn.errors import VisattnError
+
 # top-level module -> (what pip installs, the visattn extra that brings it; None: a core dependency)
 EXTRAS: dict[str, tuple[str, str | None]] = {
     "onnx": ("onnx", "export"),
@@ -23,7 +25,7 @@ EXTRAS: dict[str, tuple[str, str | None]] = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(VisattnError, ImportError):
     """An optional package a command needs is not installed; the message names the extra to install."""
 
 

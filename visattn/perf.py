@@ -36,6 +36,9 @@ from typing import Any
 
 import torch
 
+from visattn.errors import BadValueError
+from visattn.paths import cache_dir
+
 __all__ = [
     "PEAK_SIZES",
     "THEORETICAL_PEAKS",
@@ -65,6 +68,9 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (activations) + backward (weig
 # CPU flags that give bf16 matmuls native arithmetic (AMX tiles on Intel Sapphire Rapids+, AVX512-BF16 on
 # Cooper Lake / AMD Zen 4+); without them oneDNN emulates bf16 and autocast is usually slower than fp32.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# Set (to anything but "0") to make `auto` choose fp32 on this machine's CPU: a way round oneDNN's bf16 kernel bugs
+# (README, "Known problem"); the test suite sets it.
+NO_CPU_BF16_ENV = "VISATTN_NO_CPU_BF16"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEAK_SIZES = (256, 512, 1024, 2048)  # square torch.mm sizes whose best rate is the measured peak
 # Theoretical dense (no sparsity) peaks in TFLOP/s from NVIDIA's datasheets, by a substring of
@@ -189,12 +195,6 @@ def amx_bf16_hint(precision: str, device_type: str, *, flags: frozenset[str] | N
             "model is not at fault.")
 
 
-def cache_dir() -> Path:
-    """Per-user cache folder: ``$XDG_CACHE_HOME/visattn`` or ``~/.cache/visattn``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "visattn"
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -212,7 +212,7 @@ def peak_identity(dtype: str, *, device: str | torch.device = "cpu", threads: in
     """
     device = torch.device(device)
     identity: dict[str, Any] = {"device": device.type, "name": name or _device_name(device), "dtype": dtype,
-                                "torch": torch_version or torch.__version__}
+                                "torch": str(torch_version or torch.__version__)}
     if device.type == "cpu":
         identity["flags"] = sorted(cpu_flags() if flags is None else flags)
         identity["cores"] = cores if cores is not None else (os.cpu_count() or 1)
@@ -260,9 +260,9 @@ def measure_matmul_peak(dtype: str = "fp32", *, device: str | torch.device = "cp
     cache-bound large sizes most, cannot spoil every measurement of the size that would have been fastest.
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} not supported; valid choices: {', '.join(_DTYPES)}")
+        raise BadValueError(f"dtype {dtype!r} not supported; valid choices: {', '.join(_DTYPES)}")
     if not sizes or rounds < 1:
-        raise ValueError(f"need at least one size and one round, got sizes={sizes!r}, rounds={rounds}")
+        raise BadValueError(f"need at least one size and one round, got sizes={sizes!r}, rounds={rounds}")
     device = torch.device(device)
     pairs = {}
     for size in sizes:
@@ -372,6 +372,8 @@ def resolve_precision(precision: str, *, accelerator: str = "auto", flags: froze
         if cuda_bf16:
             return "bf16-mixed", "auto: CUDA device supports bf16"
         return "32", "auto: CUDA device without bf16 support"
+    if flags is None and os.environ.get(NO_CPU_BF16_ENV, "") not in ("", "0"):
+        return "32", f"auto: {NO_CPU_BF16_ENV} is set"
     found = sorted((cpu_flags() if flags is None else flags) & set(BF16_CPU_FLAGS))
     if found:
         return "bf16-mixed", f"auto: CPU has {', '.join(found)}"
@@ -400,7 +402,7 @@ def profile_training(model: torch.nn.Module, *, input_size: tuple[int, ...], pre
     from visattn.complexity import count
 
     if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+        raise BadValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     device = torch.device(device)
     dtype = precision_dtype(precision)
     macs = count(model, input_size=(1, *input_size[1:]), device=device).macs

@@ -11,10 +11,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, DataError, over_pixel_limit, pil_to_rgb
+from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, over_pixel_limit, pil_to_rgb
+from visattn.data.datamodule import image_files
+from visattn.data.detect.transforms import letterbox, unletterbox
+from visattn.data.transforms import build_eval_transform
+from visattn.errors import ConfigError, ExportError
+from visattn.export import read_export_values
+from visattn.extras import require
 from visattn.rundir import check_output_dir, check_output_file, claim_output_dir, write_atomic
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 CLASSIFY_FIELDS = ["image", "class", "index", "probability"]
 
 
@@ -24,9 +29,9 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return files
 
 
@@ -37,13 +42,13 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as im:
             too_big = over_pixel_limit(im)
             if too_big:
-                raise ValueError(f"cannot decode image {path}: {too_big}")
+                raise DataError(f"cannot decode image {path}: {too_big}")
             im.load()
             return Image.fromarray(pil_to_rgb(im, path))
     except (DataError, ValueError):
         raise
     except DECODE_ERRORS as err:  # DecompressionBombError: over twice PIL.Image.MAX_IMAGE_PIXELS
-        raise ValueError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
+        raise DataError(f"cannot decode image {path}: {type(err).__name__}: {err}") from None
 
 
 def _is_prediction_csv(head: bytes) -> bool:
@@ -63,7 +68,7 @@ def check_outputs(*, batch_size: int, out_csv: str | Path | None, save_dir: str 
     when the results are written.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+        raise ConfigError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     inputs = [images] if images is not None else []
     if out_csv is not None:
         check_output_file(out_csv, flag="--out", inputs=inputs, ours=_is_prediction_csv)
@@ -84,9 +89,6 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str]) -
 
 def onnx_runner(model_path: Path) -> tuple[Any, int | None]:
     """An onnxruntime session and its fixed batch size (None when the export has a dynamic batch dimension)."""
-    from visattn.export import ExportError
-    from visattn.extras import require
-
     ort = require("onnxruntime", purpose="predicting with an ONNX model")
 
     if not model_path.is_file():
@@ -127,9 +129,6 @@ def preprocess_files(paths: list[Path], spec: dict[str, Any]) -> np.ndarray:
     One preprocessing for validation, evaluate and predict: ``image_files`` + ``build_eval_transform`` rebuilt
     from model.json (img_size, mean, std), so a prediction sees exactly the input validation saw.
     """
-    from visattn.data.datamodule import image_files
-    from visattn.data.transforms import build_eval_transform
-
     size = spec["img_size"]
     transform = build_eval_transform(img_size=size, mean=spec["mean"], std=spec["std"])
     files = image_files(list(paths), np.zeros(len(paths), np.int64), img_size=size, transform=transform)
@@ -144,8 +143,6 @@ def preprocess(path: Path, spec: dict[str, Any]) -> np.ndarray:
 def read_spec(model_path: Path) -> dict[str, Any]:
     """The export's model.json, checked (``visattn.export.read_export_values``: valid, and as report.json
     recorded)."""
-    from visattn.export import read_export_values
-
     folder = model_path if model_path.is_dir() else model_path.parent
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder / 'model.json'} not found: predict needs the model.json that visattn export "
@@ -182,7 +179,7 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
         model = load(model_path)
         run = lambda x: model(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     else:
-        raise ValueError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
+        raise ConfigError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
     files = list_images(images)
     names = spec.get("class_names") or [str(i) for i in range(spec["num_classes"])]
     rows = []
@@ -190,7 +187,7 @@ def predict_folder(model_path: str | Path, images: str | Path, *, batch_size: in
         chunk = files[start:start + batch_size]
         logits = run(preprocess_files(chunk, spec))  # (n, classes)
         if logits.ndim != 2 or logits.shape[1] != len(names):
-            raise ValueError(f"{model_path} gives {tuple(logits.shape)} outputs for {len(chunk)} image(s), but its "
+            raise ExportError(f"{model_path} gives {tuple(logits.shape)} outputs for {len(chunk)} image(s), but its "
                              f"model.json says {len(names)} classes: the export's files do not belong together; "
                              "export the run again")
         probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -226,8 +223,8 @@ def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: flo
     if model_path.is_dir():
         import torch
 
-        from visattn.detect import postprocess
         from visattn.export import load
+        from visattn.models.detector import postprocess
 
         model = load(model_path)
 
@@ -238,7 +235,7 @@ def detection_runner(model_path: Path, spec: dict[str, Any], conf_threshold: flo
             return [(r["boxes"].numpy(), r["scores"].numpy(), r["labels"].numpy()) for r in results]
 
         return run_torch
-    raise ValueError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
+    raise ConfigError(f"unsupported model file {model_path}: give a .onnx file or an export folder")
 
 
 def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -263,14 +260,12 @@ def draw_detections(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, l
 def predict_detection_folder(model_path: Path, images: str | Path, *, spec: dict[str, Any], batch_size: int,
                              out_csv: str | Path | None, save_dir: str | Path | None,
                              conf_threshold: float | None) -> list[dict[str, Any]]:
-    from visattn.data.detect.transforms import letterbox, unletterbox
-
     exported_at = float(spec.get("conf_threshold", 0.25))
     threshold = exported_at if conf_threshold is None else float(conf_threshold)
     if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"conf_threshold must be in [0, 1), got {threshold}")
+        raise ConfigError(f"conf_threshold must be in [0, 1), got {threshold}")
     if model_path.suffix == ".onnx" and threshold < exported_at:
-        raise ValueError(f"conf_threshold {threshold} is below the {exported_at} this ONNX file was exported with "
+        raise ConfigError(f"conf_threshold {threshold} is below the {exported_at} this ONNX file was exported with "
                          "(its NMS drops lower scores); use the export folder (safetensors) for lower thresholds")
     run = detection_runner(model_path, spec, threshold)
     files = list_images(images)

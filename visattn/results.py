@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
+
+from visattn.rundir import write_atomic
 
 RESULTS_PNG = "results.png"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -191,8 +192,6 @@ def _sortable(value: Any) -> float:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from visattn.rundir import write_atomic
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -243,7 +242,7 @@ def write_run_results(*, trainer: L.Trainer, module: L.LightningModule, datamodu
     except ImportError:
         out.lines.append(NO_MATPLOTLIB)
         return out
-    from visattn.viz import run_figures
+    from visattn.viz import run_figures  # imports matplotlib (optional)
 
     logs = run_dir / "logs"  # a resumed run's earlier parts first (train keeps them as metrics.partN.csv)
     history: dict[str, dict[int, float]] = {}
@@ -264,12 +263,3 @@ def write_run_results(*, trainer: L.Trainer, module: L.LightningModule, datamodu
     out.lines.append(f"pictures: {', '.join(p.name for p in out.files if p.suffix == '.png')} in {run_dir}")
     return out
 
-
-def prediction_inputs(images: np.ndarray) -> torch.Tensor:
-    """uint8 (n, S, S, 3) letterboxed images -> (n, 3, S, S) normalised as detection's collate does."""
-    from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2)  # (n, 3, S, S)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return (x - mean) / std

@@ -13,8 +13,11 @@ not the marker, the lock, the temporary file of a write, nor anything inside a r
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
+import math
 import os
 import re
 import secrets
@@ -24,23 +27,33 @@ import stat
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from visattn.config import ConfigError
+import yaml
+
+from visattn.config import FIELDS, TrainConfig, held_notices, load_yaml, make_config
+from visattn.errors import ConfigError, NonFiniteLossError
 
 LOCK = ".lock"
 RUN_MARKER = ".visattn-run"
 SWEEP_MARKER = ".visattn-sweep"
 OUTPUT_MARKER = ".visattn-output"  # a folder of predict drawings or visualize figures
-NAME_SIGNS = "._-@+="
 MAX_RECORD_BYTES = 16 << 20  # markers, config.yaml, metrics.json, report.json: far larger than any real one
 _ID = re.compile(r"[0-9a-f]{32}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# The files of a run directory (``visattn.training`` writes them; everything that reads a run reads them through here)
+CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, with the marker's run_id
+METRICS_FILE = "metrics.json"  # written once the run has finished (test metrics, throughput, classes, in_chans)
+ERROR_FILE = "error.json"  # why the last attempt failed; removed when an attempt starts or succeeds
+START_FILE = "pretrained.json"  # a pretrained run's load report and metrics before its first step
+CHECKPOINTS = "checkpoints"  # best.ckpt, last.ckpt
+LOGS = "logs"  # metrics.csv (Lightning's CSV logger) and metrics.partN.csv of earlier parts of a resumed run
+METRICS_CSV = "metrics.csv"
 # TrainConfig keys every config.yaml has held since the first version: a legacy run's config.yaml has them all
 LEGACY_RUN_KEYS = frozenset({
     "task", "backbone", "attn", "backbone_args", "neck", "scale", "data", "data_dir", "data_args", "img_size",
@@ -48,22 +61,6 @@ LEGACY_RUN_KEYS = frozenset({
     "label_smoothing", "warmup_epochs", "early_stopping", "seed", "pretrained", "num_workers", "out", "name",
     "resume", "overwrite", "accelerator", "devices", "strategy", "num_nodes", "precision", "trainer",
     "visualize_every"})
-
-
-# ------------------------------------------------------------------------------------------------------- names
-def check_name(name: str, *, what: str = "run") -> str:
-    """A run or sweep name is one folder name: letters, digits and ``._-@+=``, not ``.``/``..``, not starting with
-    ``~`` or ``-`` (a shell would read it as a home folder or an option); it can never point outside ``--out``."""
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{what} name must be a non-empty string, got {name!r}")
-    bad = sorted({c for c in name if not (c.isalnum() or c in NAME_SIGNS)})
-    if name in (".", "..") or bad or name[0] in "~-":
-        why = (f"it holds {', '.join(repr(c) for c in bad)}" if bad else
-               "it starts with '~' or '-'" if name[0] in "~-" else "it names the folder itself or its parent")
-        raise ConfigError(f"{what} name {name!r} must be a single folder name of letters, digits and "
-                          f"{' '.join(NAME_SIGNS)}, not starting with '~' or '-' ({why}); use --out to choose the "
-                          "parent folder")
-    return name
 
 
 # ---------------------------------------------------------------------------------------------- reading files
@@ -239,8 +236,6 @@ def marker_id(folder: Path, marker: str) -> str | None:
 def load_record(path: Path) -> dict[str, Any] | None:
     """A YAML/JSON mapping record of a directory (``config.yaml``, ``sweep.json``), None when it does not exist.
     ConfigError when it is a link, not a regular file, too large, not YAML or not a mapping."""
-    from visattn.config import load_yaml
-
     try:
         data = read_file(path)
     except FileNotFoundError:
@@ -251,10 +246,13 @@ def load_record(path: Path) -> dict[str, Any] | None:
     return values
 
 
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """A run's config.yaml, written atomically: a kill never leaves half of one."""
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
 def is_train_config(values: dict[str, Any]) -> bool:
     """Does a config.yaml without a run id parse as a whole visattn ``TrainConfig`` (a run made before the id)?"""
-    from visattn.config import FIELDS, held_notices, make_config
-
     if not LEGACY_RUN_KEYS <= set(values):
         return False
     try:
@@ -579,9 +577,12 @@ def claim_run_dir(run_dir: Path, *, out: str | Path, resume: bool, overwrite: bo
                 raise ConfigError(f"cannot resume {run_dir}: it was stopped before its set-up finished; there is "
                                   "nothing to resume (start it again with --overwrite)")
         elif why_not is not None:
-            verb = "--overwrite refused" if overwrite else "refused"
-            raise ConfigError(f"{verb}: {run_dir} was not made by visattn ({why_not}), so it is not deleted and "
-                              "nothing is written into it; choose another --name or --out")
+            if overwrite:
+                raise ConfigError(f"--overwrite refused: {run_dir} was not made by visattn ({why_not}), so it is "
+                                  "not deleted and nothing is written into it; choose another --name or --out")
+            raise ConfigError(f"refused: {run_dir} already exists and was not made by visattn ({why_not}), so "
+                              "nothing is written into it (--overwrite would not delete it either); choose another "
+                              "--name or --out")
         elif not leftovers and not overwrite:
             raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it, "
                               "--overwrite to replace it, or --name to choose another")
@@ -593,6 +594,161 @@ def claim_run_dir(run_dir: Path, *, out: str | Path, resume: bool, overwrite: bo
         renew_marker(run_dir, RUN_MARKER, made_by="visattn train")
     return RunClaim(run_dir, lock, created_out, created_run=False, adopted_empty=leftovers,
                     existing_run=not leftovers)
+
+
+# ---------------------------------------------------------------------------------------------- reading a run
+def find_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """A run's ``best``/``last`` checkpoint (``checkpoints/<name>.ckpt``), or a checkpoint file given by path."""
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    else:
+        path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path} in run {run_dir} (train it first, or pass --checkpoint PATH)")
+    return path
+
+
+def read_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's config.yaml and metrics.json ({} when it has none yet), read as files visattn wrote (no links, no
+    FIFOs, bounded YAML)."""
+    config = load_record(run_dir / "config.yaml")
+    if config is None:
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
+    try:
+        metrics = json.loads(read_file(run_dir / "metrics.json"))
+    except FileNotFoundError:
+        metrics = {}
+    except ValueError as err:
+        raise ConfigError(f"{run_dir / 'metrics.json'} is not valid JSON: {err}") from None
+    return config, metrics if isinstance(metrics, dict) else {}
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """A run's config.yaml as the ``TrainConfig`` it was trained with: keys of older versions that no longer exist
+    are dropped, and a run made before ``attn_init`` existed started every block as published ("paper")."""
+    path = Path(run_dir) / CONFIG_FILE
+    values = load_record(path)
+    if values is None:
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); runs are made by visattn train")
+    values = {k: v for k, v in values.items() if k in FIELDS}
+    values.setdefault("attn_init", "paper")
+    with held_notices():  # the run's own settings: no "default chosen" notes
+        return make_config({}, values, source=str(path))
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The config.yaml of a run to resume (:func:`read_run_config`); an invalid one says that it blocks the resume."""
+    try:
+        return read_run_config(run_dir)
+    except ConfigError as err:
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is not valid: {err}") from err
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """A run's metrics.json (what ``visattn.training`` wrote when the run finished); ``FileNotFoundError`` before."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        metrics = json.loads(read_file(path))
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path} does not hold a mapping")
+    return metrics
+
+
+def keep_previous_logs(run_dir: Path) -> None:
+    """Lightning's CSV logger starts its file anew; a resumed run keeps the earlier rows as ``metrics.partN.csv``."""
+    current = run_dir / LOGS / METRICS_CSV
+    if current.is_file():
+        part = len(list(current.parent.glob("metrics.part*.csv")))
+        os.replace(current, current.with_name(f"metrics.part{part}.csv"))
+
+
+def read_metrics_csv(run_dir: str | Path) -> list[dict[str, str]]:
+    """All logged rows of a run (earlier parts of a resumed run first), one row per logging call."""
+    logs = Path(run_dir) / LOGS
+    files = sorted(logs.glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    rows: list[dict[str, str]] = []
+    for path in [*files, logs / METRICS_CSV]:
+        if is_regular(path):
+            rows.extend(csv.DictReader(io.StringIO(read_file(path).decode("utf-8", errors="replace"), newline="")))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ JSON and error.json
+def json_safe(value: Any) -> Any:
+    """Plain JSON values; NaN and infinities become ``null`` (``NaN`` is not JSON), tensors and numpy scalars floats."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    number = float(value)  # float, numpy scalar, 0-d tensor; anything else is a bug and raises
+    return number if math.isfinite(number) else None
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """``payload`` as JSON (non-finite numbers as null), replacing ``path`` only once complete."""
+    write_atomic(path, json.dumps(json_safe(payload), indent=2, allow_nan=False))
+
+
+def write_error(run_dir: Path, err: BaseException) -> None:
+    """``error.json``: why this attempt failed, for the user and the sweep; the run stays for inspection/resume."""
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    try:
+        write_json_atomic(run_dir / ERROR_FILE, {
+            "status": "failed",
+            "error_type": type(err).__name__,
+            "error": " ".join(str(err).split()),
+            "non_finite_loss": isinstance(err, NonFiniteLossError),
+            "last_checkpoint": str(last) if last.is_file() else None,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+    except OSError:  # the original error matters more than this note
+        pass
+
+
+def read_error(run_dir: Path) -> str | None:
+    """The reason error.json gives (its type and message), or None when the run has none."""
+    try:
+        record = json.loads(read_file(run_dir / ERROR_FILE))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"unreadable {ERROR_FILE}: {err}"
+    if not isinstance(record, dict) or not record.get("error"):
+        return f"{ERROR_FILE} (no message)"
+    kind = record.get("error_type")
+    return " ".join((f"{kind}: {record['error']}" if kind else str(record["error"])).split())
+
+
+def run_error(run_dir: Path) -> str | None:
+    """Why a run directory does not hold a usable result, or None when it does.
+
+    A failed attempt leaves ``error.json`` (:func:`write_error`); a finished one ``metrics.json``. An error.json
+    older than metrics.json belongs to an earlier attempt that a resume has since finished. A non-finite or missing
+    test value is a failure as well, so a diverged run never counts as done.
+    """
+    error = read_error(run_dir)
+    metrics_path = run_dir / METRICS_FILE
+    if not is_regular(metrics_path):
+        return error or f"no {METRICS_FILE} (the run did not finish)"
+    if error is not None and os.lstat(run_dir / ERROR_FILE).st_mtime_ns >= os.lstat(metrics_path).st_mtime_ns:
+        return error
+    try:
+        metrics = read_metrics(run_dir)
+    except (OSError, ConfigError) as err:
+        return f"unreadable {METRICS_FILE}: {err}"
+    test = metrics.get("test")
+    if not isinstance(test, dict) or not test:
+        return f"{METRICS_FILE} has no test metrics"
+    bad = sorted(k for k, v in test.items()
+                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
+    if bad:
+        shown = ", ".join(f"test.{k}={json.dumps(test[k])}" for k in bad)
+        return f"non-finite test metric(s) {shown} in {METRICS_FILE} (the training diverged?)"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ finished runs

@@ -1,8 +1,8 @@
 """Plug-in attention blocks, one per file, registered by name.
 
 Adding a block: write ``visattn/attention/<name>.py`` with a class decorated by
-``@register_attention("<name>")`` whose ``__init__`` takes ``channels`` first and keyword-only
-tunables after, and add one import line below.
+``@ATTENTION.register("<name>")`` (``from visattn.registry import ATTENTION``) whose ``__init__`` takes
+``channels`` first and keyword-only tunables after, and add one ``ATTENTION.declare`` line below.
 
 Optional methods a block may define (found by duck typing; the task code never names a block):
 
@@ -24,21 +24,22 @@ pools with ``mean_f32``/``amax_f32`` (float32 statistics without a float32 copy 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from visattn.errors import BadValueError
 from visattn.registry import ATTENTION
 
-register_attention = ATTENTION.register
+if TYPE_CHECKING:
+    from torch import nn
 
-# One import line per block file (registration happens on import).
-from visattn.attention import cbam as _cbam  # noqa: E402,F401
-from visattn.attention import eca as _eca  # noqa: E402,F401
-from visattn.attention import identity as _identity  # noqa: E402,F401
-from visattn.attention import mhsa as _mhsa  # noqa: E402,F401
-from visattn.attention import se as _se  # noqa: E402,F401
-from visattn.attention import stn as _stn  # noqa: E402,F401
+# One line per block file: the names it registers. Listing them imports nothing (torch neither); a file is
+# imported when one of its blocks is first built.
+ATTENTION.declare("visattn.attention.cbam", "cbam", "channel_gate", "spatial_gate")
+ATTENTION.declare("visattn.attention.eca", "eca")
+ATTENTION.declare("visattn.attention.identity", "none")
+ATTENTION.declare("visattn.attention.mhsa", "mhsa")
+ATTENTION.declare("visattn.attention.se", "se")
+ATTENTION.declare("visattn.attention.stn", "stn")
 
 
 def list_attention() -> list[str]:
@@ -53,13 +54,13 @@ def build_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     the allowed ones, an invalid value raises ``ValueError`` naming the argument.
     """
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
+        raise BadValueError(f"attention block {name!r}: channels must be a positive int, got {channels!r}")
     try:
         return ATTENTION.build(name, channels, **kwargs)
     except ValueError as err:
         if str(err).startswith(f"{name}:"):
             raise
-        raise ValueError(f"{name}: {err}") from err  # a sub-module's message, e.g. cbam's channel_gate
+        raise BadValueError(f"{name}: {err}") from err  # a sub-module's message, e.g. cbam's channel_gate
 
 
-__all__ = ["build_attention", "list_attention", "register_attention"]
+__all__ = ["build_attention", "list_attention"]

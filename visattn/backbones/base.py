@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from visattn.errors import BadValueError
+
 
 @dataclass(frozen=True)
 class StageInfo:
@@ -58,4 +60,4 @@ class Backbone(nn.Module):
     def check_input_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` if this backbone cannot take an image of this size."""
         if height < 1 or width < 1:
-            raise ValueError(f"{type(self).__name__}: image size must be positive, got {height}x{width}")
+            raise BadValueError(f"{type(self).__name__}: image size must be positive, got {height}x{width}")

@@ -24,6 +24,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
+from visattn.errors import BadValueError
 from visattn.layers import AttentionSlot, apply_slot_nhwc, require
 from visattn.layers.record import attention_probs, record
 from visattn.registry import BACKBONES
@@ -327,7 +328,7 @@ class SwinTransformer(Backbone):
     def check_input_size(self, height: int, width: int) -> None:
         super().check_input_size(height, width)
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
+            raise BadValueError(
                 f"{self.name}: image size {height}x{width} is not supported; height and width must be "
                 f"multiples of the patch size {self.patch_size}"
             )

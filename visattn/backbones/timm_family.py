@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
+from visattn.errors import BadArgumentError, BadValueError, UnknownNameError
 from visattn.layers import AttentionSlot, apply_slot_nhwc, apply_slot_tokens, require
 from visattn.registry import BACKBONES
 
@@ -107,7 +108,7 @@ class HookedSlot(AttentionSlot):
             return apply_slot_nhwc(self, x)
         height, width = self.grid or (0, 0)
         if x.shape[1] != self.prefix + height * width:
-            raise ValueError(f"slot at model.{self.site} was built for {self.prefix} + {height}x{width} tokens, got "
+            raise BadValueError(f"slot at model.{self.site} was built for {self.prefix} + {height}x{width} tokens, got "
                              f"{x.shape[1]}; build the model at this image size (img_size)")
         return apply_slot_tokens(self, x, (height, width), self.prefix)
 
@@ -295,7 +296,8 @@ class TimmBackbone(Backbone):
             self.model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
                                            **rates, **args)
         except TypeError as err:
-            raise TypeError(f"timm cannot build {label} with {rates | args or 'these arguments'}: {err}") from err
+            raise BadArgumentError(
+                f"timm cannot build {label} with {rates | args or 'these arguments'}: {err}") from err
         side = args.get("img_size", img_size)
         self.default_size = tuple(cfg.input_size[-2:]) if cfg is not None and cfg.input_size else (224, 224)
         self.input_size = ((side, side) if isinstance(side, int) else tuple(side)) if side else self.default_size
@@ -317,17 +319,18 @@ class TimmBackbone(Backbone):
     def _feature_info(self, label: str) -> list[dict[str, Any]]:
         info = getattr(self.model, "feature_info", None)
         if not isinstance(info, list) or not info:
-            raise ValueError(f"{label} ({type(self.model).__name__}) reports no feature_info, the list of its feature "
+            raise BadValueError(f"{label} ({type(self.model).__name__}) reports no feature_info, the list of its "
+                                "feature "
                              "stages (module, channels, stride) that visattn reads its stage and block slots from; "
                              "models whose timm class defines feature_info work (e.g. timm:convnext_atto)")
         for entry in info:
             missing = [k for k in ("module", "num_chs", "reduction") if k not in entry]
             if missing:
-                raise ValueError(f"{label}: a feature_info entry {entry} lacks {', '.join(missing)}")
+                raise BadValueError(f"{label}: a feature_info entry {entry} lacks {', '.join(missing)}")
             try:
                 self.model.get_submodule(entry["module"])
             except AttributeError as err:
-                raise ValueError(f"{label}: its feature_info names module {entry['module']!r}, which the model "
+                raise BadValueError(f"{label}: its feature_info names module {entry['module']!r}, which the model "
                                  f"does not have ({err}); visattn places the stage and block slots by feature_info, "
                                  "so it cannot wrap this model") from err
         return info
@@ -369,7 +372,7 @@ class TimmBackbone(Backbone):
         finally:
             for handle in handles:
                 handle.remove()
-        raise ValueError(f"{PREFIX}:{self.timm_name} failed on a zero probe image ({'; '.join(errors)})")
+        raise BadValueError(f"{PREFIX}:{self.timm_name} failed on a zero probe image ({'; '.join(errors)})")
 
     def _add_slots(self, label: str, feature_info: list[dict[str, Any]]) -> str | None:
         """Find, check and create every slot; returns why ``forward_stages`` cannot work, or None."""
@@ -378,7 +381,7 @@ class TimmBackbone(Backbone):
             for path in blocks_after(self.model, feature_info):
                 self.unslotted[path] = f"runs after the last feature timm reports ({feature_info[-1]['module']})"
         except (AttributeError, IndexError, TypeError) as err:
-            raise ValueError(f"{label}: cannot follow feature_info through the model's modules: {err}") from err
+            raise BadValueError(f"{label}: cannot follow feature_info through the model's modules: {err}") from err
         sites: dict[tuple[str, str], nn.Module] = {}
         for info, blocks in zip(feature_info, stage_blocks, strict=True):
             if not info["module"]:  # TResNet reports its stem as the model itself
@@ -470,17 +473,17 @@ class TimmBackbone(Backbone):
         super().check_input_size(height, width)
         label = f"{PREFIX}:{self.timm_name}"
         if self.fixed_size and (height, width) != tuple(self.input_size):
-            raise ValueError(f"{label} was built for {self.input_size[0]}x{self.input_size[1]} images (timm fixes "
+            raise BadValueError(f"{label} was built for {self.input_size[0]}x{self.input_size[1]} images (timm fixes "
                              f"this model's input size); got {height}x{width}. Build it at that size (img_size)")
         stride = max(info.stride for info in self.stage_info)
         if min(height, width) < stride:
-            raise ValueError(f"{label}: image size {height}x{width} is smaller than its deepest stride {stride}")
+            raise BadValueError(f"{label}: image size {height}x{width} is smaller than its deepest stride {stride}")
         if self.probe_errors:  # a model with its own size rules (e.g. HaloNet's blocks): ask it
             try:
                 with probing(self.model):
                     self.model(torch.zeros(1, self.input.channels, height, width))
             except Exception as err:  # noqa: BLE001 - timm asserts; the user gets one paragraph
-                raise ValueError(f"{label} cannot take {height}x{width} images: {type(err).__name__} {err}".strip()
+                raise BadValueError(f"{label} cannot take {height}x{width} images: {type(err).__name__} {err}".strip()
                                  + f" (it ran at {self.probe_size[0]}x{self.probe_size[1]})") from err
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -499,7 +502,7 @@ class TimmBackbone(Backbone):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One (B, C, H, W) map per ``stage_info`` entry, from timm's ``forward_intermediates``."""
         if self.stages_problem is not None:
-            raise ValueError(self.stages_problem)
+            raise BadValueError(self.stages_problem)
         return list(self.model.forward_intermediates(self.input(x), intermediates_only=True))
 
     def adapt_pretrained(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -514,7 +517,7 @@ class TimmBackbone(Backbone):
             try:
                 inner = convert(inner, self.model)
             except Exception as err:  # noqa: BLE001 - timm's converter met a file it was not written for
-                raise ValueError(f"timm's checkpoint_filter_fn for {self.timm_name} cannot convert these weights: "
+                raise BadValueError(f"timm's checkpoint_filter_fn for {self.timm_name} cannot convert these weights: "
                                  f"{type(err).__name__}: {err}") from err
         first_conv = getattr(self.model, "pretrained_cfg", {}).get("first_conv")
         for conv in [first_conv] if isinstance(first_conv, str) else list(first_conv or []):
@@ -532,7 +535,7 @@ def overlay_file(overlay: Mapping[str, Any] | None, label: str) -> str | None:
     if overlay is None:
         return None
     if not isinstance(overlay, Mapping) or set(overlay) != {"file"} or not isinstance(overlay["file"], str):
-        raise ValueError(f"{label}: pretrained_cfg_overlay must be {{file: PATH}} (a local weights file; nothing is "
+        raise BadValueError(f"{label}: pretrained_cfg_overlay must be {{file: PATH}} (a local weights file; nothing is "
                          f"downloaded, so url/hf_hub_id are not taken), got {overlay!r}")
     return overlay["file"]
 
@@ -547,7 +550,8 @@ def timm_builder(name: str) -> Any:
     if not isinstance(name, str) or not name or not timm.is_model(name):
         close = nearest_timm_names(str(name))
         hint = f" Nearest timm names: {', '.join(f'{PREFIX}:{n}' for n in close)}." if close else ""
-        raise KeyError(f"unknown backbone {label!r}: timm {timm.__version__} has no model {name!r}.{hint} Any name "
+        raise UnknownNameError(f"unknown backbone {label!r}: timm {timm.__version__} has no model {name!r}.{hint} "
+                               "Any name "
                        f"in timm.list_models() works after '{PREFIX}:' ({len(timm.list_models())} of them)")
 
     def build(*, num_classes: int = 1000, in_chans: int = 3, img_size: int | None = None, drop_rate: float = 0.0,
@@ -556,7 +560,8 @@ def timm_builder(name: str) -> Any:
         args = dict(timm_args or {})
         managed = [key for key in args if key in MANAGED_ARGS]
         if managed:
-            raise ValueError(f"{label}: timm_args must not set {', '.join(managed)}; visattn sets them (num_classes, "
+            raise BadValueError(f"{label}: timm_args must not set {', '.join(managed)}; visattn sets them "
+                                "(num_classes, "
                              "in_chans, drop_rate, drop_path_rate are backbone arguments of their own, weights come "
                              "from pretrained or pretrained_cfg_overlay: {file: PATH})")
         return TimmBackbone(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_rate=drop_rate,

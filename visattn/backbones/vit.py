@@ -14,6 +14,7 @@ from timm.layers import DropPath, Mlp, resample_abs_pos_embed
 from torch import nn
 
 from visattn.backbones.base import Backbone, StageInfo
+from visattn.errors import BadValueError
 from visattn.layers import AttentionSlot, apply_slot_tokens, require
 from visattn.layers.record import attention_probs, record
 from visattn.registry import BACKBONES
@@ -153,7 +154,7 @@ class VisionTransformer(Backbone):
     def check_input_size(self, height: int, width: int) -> None:
         super().check_input_size(height, width)
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
+            raise BadValueError(
                 f"{self.variant}: image size {height}x{width} is not supported; height and width must be "
                 f"multiples of the patch size {self.patch_size}"
             )

@@ -22,8 +22,8 @@ from visattn.data.base import (
     DataSource,
     EpochSampler,
     check,
+    check_dataset_options,
     check_module_args,
-    check_options,
     nearest,
 )
 from visattn.data.folders import ImageFileDataset
@@ -131,9 +131,6 @@ class ClassificationDataModule(L.LightningDataModule):
         owner = "ClassificationDataModule"
         check_module_args(owner, img_size=img_size, min_img_size=8, batch_size=batch_size, num_workers=num_workers,
                           seed=seed, skip_bad_images=skip_bad_images, limit=limit)
-        ok = dataset_options is None or isinstance(dataset_options, Mapping)
-        check(ok, owner, "dataset_options", "None or a mapping", dataset_options)
-
         accepted = keyword_names(self._loader_fn)
         shared = {"data_dir": data_dir, "val_ratio": val_ratio, "test_ratio": test_ratio}
         shared["skip_bad_images"] = skip_bad_images or None
@@ -147,8 +144,7 @@ class ClassificationDataModule(L.LightningDataModule):
                     f"data set {name!r} does not use {arg} (got {value!r}); it takes "
                     f"{', '.join(takes) or 'none of data_dir, val_ratio, test_ratio, skip_bad_images'}."
                 )
-        options = dict(dataset_options or {})
-        check_options(f"data set {name!r}", options, [a for a in accepted if a not in _SHARED])
+        options = check_dataset_options(name, self._loader_fn, dataset_options, shared=_SHARED)
         self._loader_kwargs = {**{k: v for k, v in shared.items() if v is not None}, **options}
 
         self.name = name

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from visattn.data.base import (
     DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
     SPLIT_SEED,
     SPLITS,
     UNSUPPORTED_MODES,
@@ -29,9 +30,6 @@ from visattn.data.base import (
 )
 from visattn.registry import DATASETS
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
 LAYOUT = (
     "Expected layout: <root>/<class_name>/<image files> (one sub-folder per class, at least two classes), "
     "or the same inside <root>/train/ with optional <root>/val/ and <root>/test/. "

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import albumentations as A
 import cv2
-import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from visattn.data.base import DataError, check, check_options
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD, check, check_options
+from visattn.errors import DataError
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _OWNER = "AugmentConfig"
 
 
@@ -105,21 +102,6 @@ def build_train_transform(
         ops.append(A.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=cj / 4, p=0.5))
     ops += [A.Normalize(mean=config.mean, std=config.std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=seed)
-
-
-def reseed(transform: A.BaseCompose, seed: int) -> None:
-    """Reseed an albumentations pipeline in place, cheaply (~35 us), for per-sample deterministic augmentation.
-
-    ``Compose.set_random_seed`` gives every child transform its own generator seeded alike (and costs
-    ~190 us); here all children share one numpy and one Python generator that are reseeded in place.
-    """
-    shared = getattr(transform, "_visattn_shared_rng", None)
-    if shared is None:
-        shared = (np.random.default_rng(seed), random.Random(seed))
-        transform.set_random_state(*shared)
-        transform._visattn_shared_rng = shared
-    shared[1].seed(seed)
-    shared[0].bit_generator.state = np.random.PCG64(seed).state
 
 
 def seed_worker(worker_id: int) -> None:

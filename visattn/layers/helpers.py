@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from visattn.errors import BadValueError
+
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """Round ``value`` to a multiple of ``divisor`` without going below ``round_limit`` of it (timm's rule)."""
@@ -13,6 +15,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
 
 
 def require(ok: bool, owner: str, arg: str, allowed: str, value: object) -> None:
-    """Raise ``ValueError`` naming the owner, the argument, what is allowed and what was given."""
+    """Raise ``BadValueError`` (a ``ValueError``) naming the owner, the argument, what is allowed and what was given."""
     if not ok:
-        raise ValueError(f"{owner}: invalid {arg}={value!r}; {arg} must be {allowed}")
+        raise BadValueError(f"{owner}: invalid {arg}={value!r}; {arg} must be {allowed}")

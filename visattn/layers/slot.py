@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from visattn.errors import BadValueError
+
 SLOT_ROLES = ("block", "after_block", "stage", "input", "neck", "csp")
 
 
@@ -23,7 +25,7 @@ class AttentionSlot(nn.Module):
     def __init__(self, channels: int, *, role: str = "block") -> None:
         super().__init__()
         if role not in SLOT_ROLES:
-            raise ValueError(f"AttentionSlot: unknown role {role!r}; valid roles: {', '.join(SLOT_ROLES)}")
+            raise BadValueError(f"AttentionSlot: unknown role {role!r}; valid roles: {', '.join(SLOT_ROLES)}")
         self.channels = int(channels)
         self.role = role
         self.block: nn.Module | None = None
@@ -45,6 +47,11 @@ class AttentionSlot(nn.Module):
     def extra_repr(self) -> str:
         state = self.block_name if self.block is not None else "empty"
         return f"channels={self.channels}, role={self.role}, {state}"
+
+
+def slot_modules(model: nn.Module) -> dict[str, AttentionSlot]:
+    """Every slot of ``model`` by its name (module path), filled or empty, in module order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, AttentionSlot)}
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
+from visattn.errors import BadValueError
 from visattn.heads.detect import box_distances, decode_boxes, encode_boxes, flatten_outputs
 from visattn.layers import require
 
@@ -158,7 +159,7 @@ class DetectionLoss(nn.Module):
     def forward(self, raw: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]
                 ) -> dict[str, torch.Tensor]:
         if len(targets) != raw[0].shape[0]:
-            raise ValueError(f"DetectionLoss: {len(targets)} target dicts for a batch of {raw[0].shape[0]} images")
+            raise BadValueError(f"DetectionLoss: {len(targets)} target dicts for a batch of {raw[0].shape[0]} images")
         flat = flatten_outputs([x.float() for x in raw], num_classes=self.num_classes, reg_max=self.reg_max,
                                strides=self.strides)
         distances = box_distances(flat.box_logits, self.reg_max)  # (B, A, 4)
@@ -166,7 +167,7 @@ class DetectionLoss(nn.Module):
         gt_boxes, gt_labels, gt_mask = pad_targets(targets, device=pred_boxes.device)
         labels = gt_labels[gt_mask]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"DetectionLoss: target labels must be in [0, {self.num_classes}), got "
+            raise BadValueError(f"DetectionLoss: target labels must be in [0, {self.num_classes}), got "
                              f"{sorted(set(labels.tolist()))}")
         assigned = self.assigner(flat.cls_logits.detach().sigmoid(), pred_boxes.detach(), flat.anchors,
                                  gt_boxes, gt_labels, gt_mask)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from visattn.backbones.base import StageInfo
+from visattn.errors import BadValueError
 
 PYRAMID_STRIDES = (8, 16, 32)
 
@@ -34,7 +35,7 @@ class PyramidInputs(nn.Module):
             return
         if 16 not in strides:
             names = ", ".join(f"{info.name} (stride {info.stride})" for info in stage_info)
-            raise ValueError(
+            raise BadValueError(
                 f"a detection neck needs backbone maps at strides {PYRAMID_STRIDES}, or a stride-16 map to build "
                 f"them from (ViTDet's simple pyramid); this backbone has: {names}"
             )

@@ -7,7 +7,6 @@ stdout and stderr, appended per attempt), ``status/<run_id>.json`` (outcome of t
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -16,12 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from visattn.data.datamodule import available_cpus
+from visattn.errors import ConfigError
+from visattn.extras import require
+from visattn.perf import peaks_for_runs, precision_dtype, resolve_precision
+from visattn.rundir import CHECKPOINTS, read_file, run_error, write_atomic
 from visattn.sweep.worker import ERROR_MARK, child_main, context
 
 EXECUTORS = ("local", "ray")
-ERROR_FILES = ("error.json", "error.txt")  # written by a failed training attempt (visattn.train.write_error)
-# a metrics.json "status" that marks the run as failed (anything else, e.g. "ok" or "early_stopped", is a result)
-FAILED_STATUSES = frozenset({"failed", "error", "diverged", "non-finite", "nonfinite", "nan", "crashed", "aborted"})
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding visattn/, for remote Python paths
 
 
@@ -35,81 +36,34 @@ class Outcome:
     host: str
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def default_workers() -> int:
+    """Runs at a time when ``--workers`` is not given: one per core (at most 8), each with one torch thread.
+
+    Measured on a 2-core machine (benchmarks/README.md, "Sweeps: runs per hour"): two single-thread runs finish
+    more runs per hour than one run with two threads, since one small model's step scales poorly over threads and
+    two threads of one process lose time at every synchronisation when the machine is busy. At most 8 so that
+    the data sets the runs hold in memory stay bounded.
+    """
+    return max(1, min(8, available_cpus()))
 
 
 def run_dir_of(sweep_dir: Path, run_id: str) -> Path:
     return sweep_dir / "runs" / run_id
 
 
-def _error_file_text(path: Path) -> str:
-    """The reason an error file gives: error.json's "error" field (with its type), or error.txt's text."""
-    text = path.read_text(errors="replace")
-    if path.suffix == ".json":
-        try:
-            record = json.loads(text)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and record.get("error"):
-            kind = record.get("error_type")
-            text = f"{kind}: {record['error']}" if kind else str(record["error"])
-    return " ".join(text.split()) or f"{path.name} (empty)"
-
-
-def run_error(run_dir: Path) -> str | None:
-    """Why a finished-looking run directory does not hold a usable result, or None when it does.
-
-    Training records why an attempt failed (e.g. a non-finite loss) in ``error.json`` (``visattn.train``; an
-    ``error.txt`` is read too) and may mark ``metrics.json`` with an ``error``/``status`` field; a non-finite or
-    missing test value is a failure as well, so a diverged run never counts as done. An error file older than
-    ``metrics.json`` belongs to an earlier attempt that a resume has since finished.
-    """
-    metrics_path = run_dir / "metrics.json"
-    recorded = [(path, _error_file_text(path)) for path in (run_dir / name for name in ERROR_FILES) if path.is_file()]
-    if not metrics_path.is_file():
-        return next((text for _, text in recorded), "no metrics.json (the run did not finish)")
-    for path, text in recorded:
-        if path.stat().st_mtime_ns >= metrics_path.stat().st_mtime_ns:
-            return text
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as err:
-        return f"unreadable metrics.json: {err}"
-    if not isinstance(metrics, dict):
-        return "metrics.json does not hold a mapping"
-    error, status = metrics.get("error"), metrics.get("status")
-    if error:
-        return str(error)
-    if str(status).lower() in FAILED_STATUSES:
-        return f"status {status!r}" + (f": {metrics['reason']}" if metrics.get("reason") else "")
-    test = metrics.get("test")
-    if not isinstance(test, dict) or not test:
-        return "metrics.json has no test metrics"
-    bad = sorted(k for k, v in test.items()
-                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
-    if bad:
-        shown = ", ".join(f"test.{k}={json.dumps(test[k])}" for k in bad)
-        return f"non-finite test metric(s) {shown} in metrics.json (the training diverged?)"
-    return None
-
-
 def is_done(sweep_dir: Path, run_id: str) -> bool:
-    """Finished with a usable result (a failed or diverged run is retried, not kept as done)."""
+    """Finished with a usable result (a failed or diverged run is retried, not kept as done; ``run_error``)."""
     return run_error(run_dir_of(sweep_dir, run_id)) is None
 
 
 def read_status(sweep_dir: Path, run_id: str) -> dict[str, Any] | None:
-    path = sweep_dir / "status" / f"{run_id}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(read_file(sweep_dir / "status" / f"{run_id}.json"))
+    except FileNotFoundError:
+        return None
 
 
 def write_status(sweep_dir: Path, outcome: Outcome) -> None:
-    from visattn.rundir import write_atomic
-
     folder = sweep_dir / "status"
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / f"{outcome.run_id}.json", json.dumps({**asdict(outcome), "finished_at": time.time()},
@@ -119,7 +73,7 @@ def write_status(sweep_dir: Path, outcome: Outcome) -> None:
 def launch_values(values: dict[str, Any], sweep_dir: Path, run_id: str) -> dict[str, Any]:
     """The run's TrainConfig values: continue from ``last.ckpt`` if there is one, else start afresh."""
     run_dir = run_dir_of(sweep_dir, run_id)
-    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = (run_dir / CHECKPOINTS / "last.ckpt").is_file()
     stale = not resume and run_dir.is_dir() and any(run_dir.iterdir())
     return {**values, "out": str(run_dir.parent), "name": run_id, "resume": resume, "overwrite": stale}
 
@@ -140,8 +94,6 @@ def run_peaks(values: Sequence[dict[str, Any]], *, threads: int) -> list[dict[st
     is measured while another run trains. Runs on a GPU measure their own (a GPU's peak is not disturbed by a
     neighbour's CPU work); a run whose hardware key differs (another Ray node) ignores these and measures."""
     import torch
-
-    from visattn.perf import peaks_for_runs, precision_dtype, resolve_precision
 
     dtypes = set()
     for run in values:
@@ -184,7 +136,7 @@ Task = tuple[str, dict[str, Any]]  # (run_id, TrainConfig values)
 def run_local(tasks: Sequence[Task], *, sweep_dir: Path, workers: int, threads: int | None,
               on_done: Callable[[Outcome], None], peaks: list[dict[str, Any]] | None = None) -> None:
     """``workers`` runs at a time on this machine, each with ``threads`` torch threads (default cores // workers)."""
-    threads = threads or max(1, cpu_count() // workers)
+    threads = threads or max(1, available_cpus() // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_one, run_id=run_id, values=values, sweep_dir=str(sweep_dir), threads=threads,
                                peaks=peaks)
@@ -200,8 +152,6 @@ def run_local(tasks: Sequence[Task], *, sweep_dir: Path, workers: int, threads: 
 
 def start_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and so must shut it down)."""
-    from visattn.extras import require
-
     ray = require("ray", purpose="visattn sweep --executor ray")
     if ray.is_initialized():
         return False
@@ -221,7 +171,7 @@ def ray_slots(cpus_per_run: float, gpus_per_run: float) -> int:
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     if cpus_per_run > cpus or gpus_per_run > gpus:
-        raise ValueError(f"each run asks for {cpus_per_run} CPU(s) and {gpus_per_run} GPU(s) but the Ray cluster "
+        raise ConfigError(f"each run asks for {cpus_per_run} CPU(s) and {gpus_per_run} GPU(s) but the Ray cluster "
                          f"has {cpus:g} CPU(s) and {gpus:g} GPU(s) in all; lower --cpus-per-run/--gpus-per-run")
     slots = [cpus / cpus_per_run] if cpus_per_run > 0 else []
     if gpus_per_run > 0:

@@ -13,14 +13,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, held_notices, make_config, notice
-from visattn.registry import did_you_mean
-from visattn.rundir import check_name
+import lightning as L
+
+from visattn.config import FIELDS, ConfigError, TrainConfig, attn_label, check_name, held_notices, make_config, notice
+from visattn.errors import UnknownNameError
+from visattn.models.build import list_slots, normalise_specs
+from visattn.models.spec import ModelSpec
+from visattn.registry import ATTENTION, check_kwargs, did_you_mean
+from visattn.rundir import read_file, write_atomic
+from visattn.tasks.factory import TASKS, build_datamodule
 
 SPEC_KEYS = ("name", "backbone", "attn", "at", "seeds", "metric", "reference", "train", "grid")
 # TrainConfig keys the sweep itself sets for every run; they cannot be shared values or grid axes.
 CONTROLLED = ("backbone", "attn", "seed", "out", "name", "resume", "overwrite")
-DEFAULT_METRIC = {"classify": "test.acc", "detect": "test.map"}
 REFERENCE_KEYS = ("backbone", "backbone_args", "label")
 FORMAT = 1
 # YAML 1.1 reads ``1e-3`` as a string; these TrainConfig keys take numbers.
@@ -49,7 +54,7 @@ class SweepSpec:
 
     @property
     def metric_name(self) -> str:
-        return self.metric or DEFAULT_METRIC.get(self.task, "test.acc")
+        return self.metric or (TASKS[self.task].metric if self.task in TASKS else TASKS["classify"].metric)
 
     def default_name(self) -> str:
         return self.name or f"{self.train.get('data') or 'data'}-{'+'.join(self.backbone)}"
@@ -247,64 +252,35 @@ def _error_text(err: BaseException) -> str:
 
 def _model_slots(config: TrainConfig) -> tuple[list[str], list[str]]:
     """(all slot names, default slot names) of the run's model with every slot empty."""
-    from visattn.build import build_model, list_slots
-
-    if config.task == "detect":
-        from visattn.detect import Detector, build_detector
-
-        model = build_detector(config.backbone, num_classes=1, neck=config.neck, scale=config.scale,
-                               img_size=config.img_size, backbone_args=config.backbone_args)
-        role = Detector.default_slot_role
-    else:
-        model = build_model(config.backbone, num_classes=2, img_size=config.img_size,
-                            backbone_args=config.backbone_args)
-        role = getattr(model, "default_slot_role", "block")
+    spec = ModelSpec.from_config({**config.to_dict(), "attn": None}, num_classes=2)
+    model = spec.build()
+    role = getattr(model, "default_slot_role", "block")
     slots = list_slots(model)
     return [s.name for s in slots], [s.name for s in slots if s.role == role]
 
 
 def _check_attn(config: TrainConfig, slots: list[str], defaults: list[str]) -> None:
     """Block names, their argument names and the slot globs of ``config.attn`` (no block is built)."""
-    from visattn.build import _normalise_specs
-    from visattn.registry import ATTENTION, check_kwargs
-
-    for spec in _normalise_specs(config.attn):
+    for spec in normalise_specs(config.attn):
         block = spec["block"]
         if block != "none":
             check_kwargs(f"attention block {block!r}", ATTENTION.get(block), spec["args"])
         if spec["at"] is None and block != "none" and not defaults:
-            raise KeyError(f"{config.backbone} has no default slots for {block!r}; give 'at' globs. "
+            raise UnknownNameError(f"{config.backbone} has no default slots for {block!r}; give 'at' globs. "
                            f"Its slots: {', '.join(slots)}")
         for pattern in spec["at"] or []:
             if not any(fnmatch.fnmatchcase(slot, str(pattern)) for slot in slots):
-                raise KeyError(f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot of "
+                raise UnknownNameError(f"attention spec for {block!r}: 'at' pattern {pattern!r} matches no slot of "
                                f"{config.backbone}.{did_you_mean(str(pattern), slots)} Its slots: {', '.join(slots)}")
 
 
 def _check_data(config: TrainConfig) -> None:
-    """Data set name and option names, as train.build_datamodule passes them (nothing is loaded)."""
-    from visattn.registry import check_kwargs
-
-    args = dict(name=config.data, data_dir=config.data_dir, img_size=config.img_size, batch_size=config.batch_size,
-                num_workers=config.num_workers, seed=config.seed, augment=config.augment or None,
-                limit=config.limit, skip_bad_images=config.skip_bad_images)
-    if config.task == "detect":
-        from visattn.data.detect import DetectionDataModule
-
-        check_kwargs(f"data set {config.data!r} (data_args)", DetectionDataModule, config.data_args)
-        DetectionDataModule(**args, **config.data_args)
-    else:
-        from visattn.data import ClassificationDataModule
-
-        ClassificationDataModule(**args, dataset_options=config.data_args or None)
+    """Data set name and option names, as training passes them (nothing is loaded)."""
+    build_datamodule(config, stage=None)
 
 
 def _check_trainer(config: TrainConfig) -> None:
     if config.trainer:
-        import lightning as L
-
-        from visattn.registry import check_kwargs
-
         check_kwargs("trainer", L.Trainer, config.trainer)
 
 
@@ -354,8 +330,6 @@ def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, 
     """Write ``sweep.json`` (with ``sweep_id``, the id of the directory's marker); returns the run ids this grid adds
     to the one already there (more seeds or more configurations, every earlier run unchanged), and refuses a grid
     that drops or changes an earlier run."""
-    from visattn.rundir import read_file, write_atomic
-
     path = sweep_dir / "sweep.json"
     new = json.loads(json.dumps({p.run_id: p.values for p in plans}))
     added: list[str] = []
@@ -382,8 +356,6 @@ def check_sweep_file(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, 
 
 
 def read_sweep_file(sweep_dir: Path) -> tuple[SweepSpec, list[RunPlan]]:
-    from visattn.rundir import read_file
-
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{sweep_dir} is not a sweep directory (no sweep.json); visattn sweep makes them")

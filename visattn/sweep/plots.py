@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from visattn.extras import require
 from visattn.rundir import write_figure
 from visattn.sweep.report import ConfigSummary, RunResult, best_at_end, lr_curve, metric_scale, val_curve
 from visattn.sweep.stats import higher_is_better, is_bounded, val_key
@@ -24,8 +25,6 @@ __all__ = ["FILES", "curves", "metric_per_block", "metric_vs_macs", "val_key", "
 
 
 def _pyplot():  # noqa: ANN202
-    from visattn.extras import require
-
     matplotlib = require("matplotlib", purpose="the sweep's plots")
 
     matplotlib.use("Agg")

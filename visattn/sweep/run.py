@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -12,12 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from visattn.config import ConfigError, held_notices
+from visattn.config import ConfigError, check_name, held_notices
+from visattn.data.datamodule import available_cpus
+from visattn.errors import UnknownNameError
+from visattn.extras import require
 from visattn.rundir import (
     LOCK,
     SWEEP_MARKER,
     DirLock,
-    check_name,
     check_out_dir,
     clear_dir,
     create_marker,
@@ -25,13 +26,13 @@ from visattn.rundir import (
     is_regular,
     load_record,
     marker_id,
+    read_metrics,
     remove_created,
     renew_marker,
 )
 from visattn.sweep.execute import (
     EXECUTORS,
     Outcome,
-    cpu_count,
     is_done,
     ray_slots,
     read_status,
@@ -51,14 +52,13 @@ from visattn.sweep.grid import (
     expand,
     read_sweep_file,
 )
+from visattn.sweep.latency import measure_latencies, ort_available
 from visattn.sweep.plots import write_plots
 from visattn.sweep.report import (
     ConfigSummary,
     RunResult,
     collect,
-    measure_latencies,
     metric_value,
-    ort_available,
     print_table,
     summarize,
     write_results_csv,
@@ -94,10 +94,10 @@ class Progress:
         self.left -= 1
         if outcome.status == "ok":
             self.seconds.append(outcome.seconds)
-            metrics = json.loads((run_dir_of(self.sweep_dir, outcome.run_id) / "metrics.json").read_text())
             try:
+                metrics = read_metrics(run_dir_of(self.sweep_dir, outcome.run_id))
                 what = f"{self.metric}={metric_value(metrics, self.metric):.4f}"
-            except (KeyError, TypeError, ValueError):  # not in metrics.json, or not a number
+            except (OSError, KeyError, TypeError, ValueError):  # not in metrics.json, or not a number
                 what = f"{self.metric}=?"
         else:
             what = f"error: {outcome.error[:120]}"
@@ -270,19 +270,17 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     is installed; True without it gives n/a cells saying why).
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     if threads_per_run is not None and (not isinstance(threads_per_run, int) or threads_per_run < 1):
-        raise ValueError(f"threads_per_run must be an integer >= 1, got {threads_per_run!r}")
+        raise ConfigError(f"threads_per_run must be an integer >= 1, got {threads_per_run!r}")
     if cpus_per_run < 0 or gpus_per_run < 0 or cpus_per_run + gpus_per_run == 0:
-        raise ValueError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
+        raise ConfigError(f"--cpus-per-run/--gpus-per-run must be >= 0 and not both 0, got {cpus_per_run}, "
                          f"{gpus_per_run}")
     plans = expand(spec)
     sweep_dir = Path(out) / check_name(spec.default_name() if name is None else name, what="sweep")
     check_grid(plans)
-    from visattn.extras import require
-
     if executor == "ray":
         require("ray", purpose="visattn sweep --executor ray")
     # checked before any run trains: the report's statistics and plots need them at the end
@@ -305,7 +303,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
                        f"{threads_per_run or max(1, int(cpus_per_run))} torch thread(s) each")
             else:
                 slots = min(workers, max(1, len(pending)))
-                threads = threads_per_run or max(1, cpu_count() // workers)
+                threads = threads_per_run or max(1, available_cpus() // workers)
                 how = f"local, {slots} at a time, {threads} torch thread(s) each"
             say(f"sweep {sweep_dir}: {len(plans)} runs, {done} finished, {len(pending)} to run ({how})", flush=True)
             progress = Progress(total=len(plans), done=len(plans) - len(pending), to_run=len(pending), slots=slots,
@@ -318,7 +316,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
             tasks = [(p.run_id, p.values) for p in pending]
             claim.started = True
             run_threads = (threads_per_run or max(1, int(cpus_per_run)) if executor == "ray"
-                           else threads_per_run or max(1, cpu_count() // workers))
+                           else threads_per_run or max(1, available_cpus() // workers))
             peaks = run_peaks([p.values for p in pending], threads=run_threads) if pending else []
             for peak in peaks:
                 say(f"sweep {sweep_dir}: every run is divided by the {peak['dtype']} matmul peak "
@@ -359,14 +357,12 @@ def report_sweep(sweep_dir: str | Path, *, metric: str | None = None, latency_th
 
 def _report(sweep_dir: Path, spec: SweepSpec, plans: list[RunPlan], *, latency_threads: int,
             ort_latency: bool | None, echo: bool) -> SweepResult:
-    from visattn.extras import require
-
     require("scipy", purpose="the sweep's statistics")
     require("matplotlib", purpose="the sweep's plots")
     metric = spec.metric_name
     results = [_checked(sweep_dir, r) for r in collect(sweep_dir, plans, metric)]
     if results and all(r.status != "ok" for r in results) and any("not in metrics.json" in r.error for r in results):
-        raise KeyError(next(r.error for r in results if "not in metrics.json" in r.error))
+        raise UnknownNameError(next(r.error for r in results if "not in metrics.json" in r.error))
     ort = ort_available() is None if ort_latency is None else ort_latency
     latency, info = measure_latencies(sweep_dir, results, threads=latency_threads, ort=ort)
     rows = summarize(results, latency, metric=metric, ort=info.get("ort"))

@@ -1,4 +1,4 @@
-"""The process of one sweep run: ``visattn.train.train(make_config(...))``, the code path of tools/train.py.
+"""The process of one sweep run: ``visattn.training.train(make_config(...))``, the code path of tools/train.py.
 
 Runs are children of a multiprocessing *forkserver* that has imported torch, Lightning and visattn once, so
 a run starts in a fraction of a second instead of re-importing for several seconds, and is still a process
@@ -21,7 +21,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 ERROR_MARK = "visattn-sweep-error: "
-PRELOAD = ["torch", "lightning", "visattn.train", "visattn.tasks.classify", "visattn.data"]
+PRELOAD = ["torch", "lightning", "visattn.training", "visattn.tasks.classify", "visattn.data"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,10 +75,10 @@ def child_main(values: dict[str, Any], log_path: str, threads: int, launcher: in
     import torch
 
     torch.set_num_threads(threads)
-    from visattn.cli import error_text
     from visattn.config import make_config
+    from visattn.errors import error_text
     from visattn.perf import use_peaks
-    from visattn.train import train
+    from visattn.training import train
 
     use_peaks(peaks)
     code = 0

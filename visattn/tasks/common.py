@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
+import os
 import random
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,43 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from visattn.perf import amx_bf16_hint
+from visattn.config import VERBOSE_ENV
+from visattn.errors import NonFiniteLossError
+from visattn.perf import achieved_flops, amx_bf16_hint, describe_peak, mfu, palm_mfu, theoretical_peak
+from visattn.rundir import atomic_file
 from visattn.tasks.finetune import attn_lr_scales
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+# Lightning's warnings that say nothing true or useful about a visattn run: a small set has fewer batches than the
+# logging interval (the epoch metrics are logged all the same), and "previous log files will be deleted" on resume
+# (visattn moves them aside first: visattn.training.keep_previous_logs).
+LIGHTNING_NOISE = (r".*smaller than the logging interval", r".*[Pp]revious log files in this directory will be deleted",
+                   r".*exists and is not empty")
+
+
+def quiet_lightning() -> None:
+    """Silence the messages Lightning prints on every run that a user can do nothing about: the "try installing
+    litlogger" advertisement, torch's ``LeafSpec`` deprecation raised inside Lightning's own pytree code and, unless
+    ``VISATTN_VERBOSE=1`` (``--verbose``), its banners ("GPU available: False", "Restoring states from ...") and the
+    warnings in ``LIGHTNING_NOISE``. Idempotent; DataLoader workers and DDP children inherit the filters."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    # the banners ("GPU available", "Restoring states", "`Trainer.fit` stopped") are INFO of these loggers; warnings
+    # and errors stay, and so does "Initializing distributed: GLOBAL_RANK ..." (how many processes a DDP run has)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def declared(model: nn.Module, method: str) -> dict[str, Any]:
@@ -98,10 +136,6 @@ def configure_optimizers(module: L.LightningModule, hp: Any) -> dict[str, Any]:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class NonFiniteLossError(ValueError):
-    """A training loss became NaN or infinite: training stops at once instead of running on to a useless model."""
-
-
 def _precision(module: L.LightningModule) -> str:
     """The Lightning precision string of the module's trainer; ``"32"`` for a module stepped without one."""
     trainer = module._trainer  # the public property raises when the module is used outside a Trainer
@@ -141,8 +175,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     never leaves half a checkpoint, and a failed write (a full disk) removes its temporary file and names the file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        from visattn.rundir import atomic_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as handle:
@@ -195,8 +227,6 @@ class ThroughputMonitor(L.Callback):
         return self.time_before + (now - self.part_start)
 
     def _epoch_stats(self, pl_module: L.LightningModule | None) -> dict[str, float]:
-        from visattn.perf import achieved_flops, mfu, palm_mfu
-
         elapsed = max((self.last_end or time.perf_counter()) - self.epoch_start, 1e-9)
         macs = getattr(pl_module, "complexity", {}).get("macs") or 0
         flops = achieved_flops(images=self.images, seconds=elapsed, macs_per_image=macs)
@@ -288,8 +318,6 @@ class ThroughputMonitor(L.Callback):
     def summary(self) -> dict[str, Any]:
         """Means over the epochs run (what metrics.json reports), and the peaks they were measured against, with a
         phrase naming each denominator."""
-        from visattn.perf import describe_peak, theoretical_peak
-
         out: dict[str, Any] = {}
         for key in ("throughput_img_s", "data_wait_frac", "train_gflops_s", "matmul_peak_share", "palm_mfu"):
             values = [h[key] for h in self.history if key in h]

@@ -1,4 +1,4 @@
-"""Object detection as a LightningModule around a ``Detector`` built by ``visattn.detect.build_detector``.
+"""Object detection as a LightningModule around a ``Detector`` built by ``visattn.models.build_detector``.
 
 Batch contract: ``(images, targets)``; images float32 (B, 3, S, S) normalised, targets a list of B dicts
 ``{"boxes": (N, 4) float xyxy in input pixels, "labels": (N,) long, "image_id": int}``, N may be 0.
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from visattn.detect import Detector, postprocess
+from visattn.errors import BadValueError
 from visattn.layers import require
 from visattn.losses.detect import DetectionLoss
+from visattn.models.detector import Detector, postprocess
 from visattn.tasks.common import check_finite_loss, configure_optimizers, rng_state, set_rng_state
 from visattn.tasks.finetune import keep_norms_frozen, norms_outside_blocks
 
@@ -93,7 +94,7 @@ class DetectionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if getattr(model, "num_classes", None) != num_classes:
-            raise ValueError(f"DetectionModule: num_classes={num_classes} but the model predicts "
+            raise BadValueError(f"DetectionModule: num_classes={num_classes} but the model predicts "
                              f"{getattr(model, 'num_classes', None)} classes; build it with the same count")
         require(0.0 < ema_decay < 1.0, "DetectionModule", "ema_decay", "in (0, 1)", ema_decay)
         require(ema_tau > 0, "DetectionModule", "ema_tau", "> 0", ema_tau)

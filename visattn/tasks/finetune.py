@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from visattn.config import FREEZE_CHOICES
+from visattn.errors import ConfigError
 from visattn.layers import AttentionSlot
 
 
@@ -33,7 +34,7 @@ def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
 def freeze_parameters(model: nn.Module, freeze: str) -> list[str]:
     """Set ``requires_grad=False`` on what ``freeze`` freezes; returns the frozen parameter names."""
     if freeze not in FREEZE_CHOICES:
-        raise ValueError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {freeze!r}")
+        raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {freeze!r}")
     if freeze == "none":
         return []
     trainable = block_prefixes(model) + _head_prefixes(model)

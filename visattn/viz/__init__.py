@@ -7,8 +7,7 @@ functions (matplotlib) load on first use.
 
 from __future__ import annotations
 
-from typing import Any
-
+from visattn.lazy import lazy_face
 from visattn.viz.capture import AttentionMaps, attention_probs, capture, record
 
 _LAZY = {
@@ -18,17 +17,7 @@ _LAZY = {
     "box_mass_report": "visattn.viz.measure",
     "grad_cam": "visattn.viz.gradcam",
     "write_figures": "visattn.viz.figures",
-    "visualize_run": "visattn.viz.run",
-    "measure_run": "visattn.viz.run",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'visattn.viz' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_face(__name__, _LAZY)
 
 __all__ = ["AttentionMaps", "attention_probs", "capture", "record", *_LAZY]

@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
+from visattn.errors import BadValueError
 from visattn.viz.figures import write_figures  # imported with the callback, not mid-run
 
 
@@ -32,7 +34,7 @@ class AttentionFigures(L.Callback):
         super().__init__()
         for name, value in (("every_n_epochs", every_n_epochs), ("n_images", n_images)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"AttentionFigures: {name} must be an int >= 1, got {value!r}")
+                raise BadValueError(f"AttentionFigures: {name} must be an int >= 1, got {value!r}")
         self.every_n_epochs = every_n_epochs
         self.out_dir = Path(out_dir)
         self.n_images = n_images
@@ -62,8 +64,8 @@ class AttentionFigures(L.Callback):
         if samples is None:
             return
         augment = getattr(trainer.datamodule, "augment", None)
-        mean = getattr(augment, "mean", (0.485, 0.456, 0.406))
-        std = getattr(augment, "std", (0.229, 0.224, 0.225))
+        mean = getattr(augment, "mean", IMAGENET_MEAN)
+        std = getattr(augment, "std", IMAGENET_STD)
         model = getattr(pl_module, "model", pl_module)
         out = self.out_dir / f"epoch_{trainer.current_epoch:03d}"
         try:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.layers.record import attention_probs, can_record, is_recording, record, start_recording, stop_recording
 from visattn.layers.slot import AttentionSlot
 
@@ -129,7 +130,7 @@ def capture(model: nn.Module) -> Iterator[AttentionMaps]:
 
     def attach(module: nn.Module, store: Entry, key: str) -> None:
         if is_recording(module):
-            raise ValueError(f"{type(module).__name__} at {key!r} is already being captured; "
+            raise BadValueError(f"{type(module).__name__} at {key!r} is already being captured; "
                              "capture() blocks over the same model cannot nest")
         start_recording(module, store)
         assigned.append(module)

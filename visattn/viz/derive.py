@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from visattn.errors import BadValueError
+
 
 def token_mass(attn: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Attention each of the H*W positions receives, averaged over heads and queries: (B, H, W), sums to 1."""
@@ -52,9 +54,9 @@ def attention_rollout(attns: Sequence[torch.Tensor], *, residual: float = 0.5) -
     (``residual * I + (1 - residual) * A``), rows renormalised, and the layers multiplied, last on the left.
     """
     if not attns:
-        raise ValueError("attention_rollout needs at least one layer of attention")
+        raise BadValueError("attention_rollout needs at least one layer of attention")
     if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"attention_rollout: residual must be in [0, 1], got {residual}")
+        raise BadValueError(f"attention_rollout: residual must be in [0, 1], got {residual}")
     tokens = attns[0].shape[-1]
     eye = torch.eye(tokens, device=attns[0].device)
     result = eye.expand(attns[0].shape[0], tokens, tokens)  # (B, T, T)

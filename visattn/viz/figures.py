@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.rundir import write_figure
 from visattn.viz.capture import AttentionMaps, capture
 from visattn.viz.gradcam import eval_mode, grad_cam
@@ -337,7 +338,7 @@ def write_figures(
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
+        raise BadValueError(f"images must be uint8 (n, H, W, 3), got {images.dtype} {images.shape}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(model, to_inputs(images, mean=mean, std=std), pattern=pattern)

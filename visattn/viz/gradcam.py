@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.errors import BadValueError
+
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -27,7 +29,7 @@ def find_backbone(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if getattr(module, "stage_info", None):
             return module
-    raise ValueError(f"{type(model).__name__} has no backbone with stage_info; Grad-CAM needs a visattn backbone "
+    raise BadValueError(f"{type(model).__name__} has no backbone with stage_info; Grad-CAM needs a visattn backbone "
                      "(or pass layer= explicitly)")
 
 
@@ -53,9 +55,9 @@ def as_nchw(acts: torch.Tensor, channels: int, image_size: tuple[int, int], pref
         stride = round((height * width / count) ** 0.5)
         grid = (height // stride, width // stride)
         if grid[0] * grid[1] != count:
-            raise ValueError(f"cannot lay {count} tokens on a grid for a {height}x{width} image")
+            raise BadValueError(f"cannot lay {count} tokens on a grid for a {height}x{width} image")
         return patches.transpose(1, 2).reshape(acts.shape[0], channels, *grid)  # (B, C, gh, gw)
-    raise ValueError(f"Grad-CAM layer output of shape {tuple(acts.shape)} has no axis of {channels} channels")
+    raise BadValueError(f"Grad-CAM layer output of shape {tuple(acts.shape)} has no axis of {channels} channels")
 
 
 def grad_cam(
@@ -85,7 +87,7 @@ def grad_cam(
             inputs = images.detach().requires_grad_(True)  # a graph even when the weights are frozen
             logits = model(inputs)
             if logits.ndim != 2:
-                raise ValueError(f"Grad-CAM needs (B, classes) logits; the model returned {tuple(logits.shape)}")
+                raise BadValueError(f"Grad-CAM needs (B, classes) logits; the model returned {tuple(logits.shape)}")
             classes = logits.argmax(1) if target is None else target.to(logits.device).long()
             score = logits.gather(1, classes[:, None]).sum()
             acts = store["acts"]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.errors import BadValueError
 from visattn.viz.capture import capture
 from visattn.viz.gradcam import eval_mode, grad_cam
 
@@ -21,7 +22,7 @@ def check_pattern(pattern: str | None, keys: Collection[str]) -> None:
     if pattern is None or any(fnmatch.fnmatchcase(key, pattern) for key in keys):
         return
     listed = ", ".join(sorted(keys)) or "none (the model has no attention block filled in)"
-    raise ValueError(f"--slot {pattern!r} matches none of the model's captured attention maps, so nothing would be "
+    raise BadValueError(f"--slot {pattern!r} matches none of the model's captured attention maps, so nothing would be "
                      f"drawn or measured; its slots and attention layers are: {listed}")
 
 
@@ -111,7 +112,7 @@ def box_masks(boxes: Boxes, size: tuple[int, int]) -> torch.Tensor:
         return torch.stack(masks) if masks else torch.zeros(0, *size, dtype=torch.bool)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be (B, 4) (x0, y0, x1, y1) in pixels, got shape {tuple(boxes.shape)}")
+        raise BadValueError(f"boxes must be (B, 4) (x0, y0, x1, y1) in pixels, got shape {tuple(boxes.shape)}")
     ys = torch.arange(size[0], dtype=torch.float32) + 0.5
     xs = torch.arange(size[1], dtype=torch.float32) + 0.5
     inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])  # (B, H)
@@ -132,7 +133,7 @@ def mass_in_boxes(
     out = {}
     for key, value in maps.items():
         if value.shape[0] != masks.shape[0]:
-            raise ValueError(f"map {key!r} has {value.shape[0]} images but there are {masks.shape[0]} boxes")
+            raise BadValueError(f"map {key!r} has {value.shape[0]} images but there are {masks.shape[0]} boxes")
         mass = normalise_mass(resize_maps(value.detach().cpu(), size))  # (B, H, W)
         out[key] = (mass * masks).flatten(1).sum(1)
     return out
@@ -159,7 +160,7 @@ def box_mass_report(
     ``box_area`` (the uniform baseline). Runs in eval mode.
     """
     if batch_size < 1:
-        raise ValueError(f"box_mass_report: batch_size must be >= 1, got {batch_size}")
+        raise BadValueError(f"box_mass_report: batch_size must be >= 1, got {batch_size}")
     if not isinstance(boxes, (list, tuple)):
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
     size = (images.shape[-2], images.shape[-1])

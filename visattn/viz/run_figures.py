@@ -14,6 +14,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD
+from visattn.models.detector import postprocess
 from visattn.rundir import write_figure
 
 METRIC_NAMES = {"val/acc": "val accuracy", "val/map": "val mAP50-95", "val/map50": "val mAP50"}
@@ -101,9 +103,6 @@ def pr_figure(result: Mapping[str, Any], names: Sequence[str], path: Path) -> Pa
 def predictions_figure(module: Any, datamodule: Any, path: Path, *, n: int) -> Path:
     """The model's boxes (score >= 0.25, coloured by class, with name and score) and the true boxes (white,
     dashed) on the first ``n`` validation images."""
-    from visattn.detect import postprocess
-    from visattn.results import prediction_inputs
-
     samples = datamodule.raw_samples("val", n)
     model = module.eval_model() if hasattr(module, "eval_model") else module.model
     was_training = model.training
@@ -146,3 +145,11 @@ def predictions_figure(module: Any, datamodule: Any, path: Path, *, n: int) -> P
     fig.tight_layout()
     write_figure(fig, path, dpi=100)
     return path
+
+
+def prediction_inputs(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, S, S, 3) letterboxed images -> (n, 3, S, S) normalised as detection's collate does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2)  # (n, 3, S, S)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return (x - mean) / std

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from visattn.data.base import SPLITS, DataError, check, check_module_args, nearest
+from visattn.data.base import SPLITS, DataError, check, check_dataset_options, check_module_args, nearest
 from visattn.data.datamodule import default_num_workers, split_loader
 from visattn.data.detect.dataset import DetectionDataset, detection_collate
 from visattn.data.detect.readers import DetectionRecord, DetectionSource, decode_image, read_coco, read_yolo
@@ -28,9 +29,8 @@ from visattn.data.detect.transforms import (
     build_detect_eval_transform,
     build_detect_train_transform,
 )
-from visattn.registry import Registry, keyword_names
+from visattn.registry import DETECTION_DATASETS, keyword_names
 
-DETECTION_DATASETS: Registry[Any] = Registry("detection data set")
 CACHE_BUDGET = 1 << 30  # bytes: splits whose letterboxed images fit are decoded once and kept in memory
 _SHARED = ("data_dir", "skip_bad_images", "img_size")  # module arguments a loader may take
 
@@ -79,9 +79,10 @@ class DetectionSamples:
 class DetectionDataModule(L.LightningDataModule):
     """Train/val/test detection loaders for ``shapes`` (built in), ``coco`` or ``yolo`` data.
 
-    ``num_train``, ``num_val``, ``num_test``, ``generation_seed``, ``shapes_size`` and ``cache_dir`` apply
-    to ``shapes`` only. ``cache_images=None`` keeps decoded images in memory when a split fits in
-    ``CACHE_BUDGET``. ``limit`` keeps the first N images of every split.
+    ``dataset_options`` are the data set's own options, as for ``ClassificationDataModule`` (``shapes``:
+    ``num_train``, ``num_val``, ``num_test``, ``generation_seed``, ``shapes_size``, ``cache_dir``).
+    ``cache_images=None`` keeps decoded images in memory when a split fits in ``CACHE_BUDGET``. ``limit`` keeps
+    the first N images of every split.
     """
 
     def __init__(
@@ -96,13 +97,8 @@ class DetectionDataModule(L.LightningDataModule):
         augment: dict | None = None,
         limit: int | None = None,
         skip_bad_images: bool = False,
-        num_train: int | None = None,
-        num_val: int | None = None,
-        num_test: int | None = None,
-        generation_seed: int | None = None,
-        shapes_size: int | None = None,
-        cache_dir: str | None = None,
         cache_images: bool | None = None,
+        dataset_options: Mapping[str, Any] | None = None,
         verify_images: str = "quick",
     ) -> None:
         super().__init__()
@@ -119,14 +115,7 @@ class DetectionDataModule(L.LightningDataModule):
         ok = data_dir is None or isinstance(data_dir, (str, os.PathLike))
         check(ok, owner, "data_dir", "None or a path", data_dir)
         accepted = keyword_names(self._loader_fn)
-        specific = {"num_train": num_train, "num_val": num_val, "num_test": num_test,
-                    "generation_seed": generation_seed, "shapes_size": shapes_size, "cache_dir": cache_dir}
-        for arg, value in specific.items():
-            if value is not None and arg not in accepted:
-                takes = [a for a in accepted if a not in _SHARED]
-                raise DataError(f"data set {name!r} does not use {arg} (got {value!r}); "
-                                f"its own options: {', '.join(takes) or '(none)'}.")
-        self._loader_kwargs = {k: v for k, v in specific.items() if v is not None}
+        self._loader_kwargs = check_dataset_options(name, self._loader_fn, dataset_options, shared=_SHARED)
         self._loader_kwargs.update({k: v for k, v in {"data_dir": data_dir, "skip_bad_images": skip_bad_images,
                                                       "img_size": img_size}.items() if k in accepted})
         self.name, self.img_size, self.batch_size, self.seed, self.limit = name, img_size, batch_size, seed, limit
@@ -280,10 +269,4 @@ class DetectionDataModule(L.LightningDataModule):
         return DetectionSamples(np.stack(images), boxes, labels, ids, self.class_names)
 
 
-def list_detection_datasets() -> list[str]:
-    """Sorted names of the detection data sets."""
-    return DETECTION_DATASETS.names()
-
-
-__all__ = ["DETECTION_DATASETS", "DetectionDataModule", "DetectionDataset", "DetectionSamples", "detection_collate",
-           "list_detection_datasets"]
+__all__ = ["DetectionDataModule", "DetectionDataset", "DetectionSamples", "detection_collate"]

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visattn.data.base import DataError
+from visattn.data.base import IMAGENET_MEAN, IMAGENET_STD, DataError, reseed
 from visattn.data.detect.readers import DetectionRecord, decode_image
 from visattn.data.detect.transforms import mosaic4
-from visattn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, reseed
 
 
 class DetectionDataset(Dataset):

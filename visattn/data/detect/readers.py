@@ -22,9 +22,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from visattn.data.base import DECODE_ERRORS, SPLITS, DataError, jpeg_truncated, over_pixel_limit, read_label_text
+from visattn.data.base import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    DataError,
+    jpeg_truncated,
+    over_pixel_limit,
+    read_label_text,
+)
+from visattn.errors import ConfigError
+from visattn.safe_yaml import load_yaml
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MIN_SIDE = 1.0  # pixels: a clipped box thinner than this is degenerate and dropped
 MAX_CLASSES = 10_000  # class ids a YOLO label may use without class names (LVIS has 1,203 classes)
 CLIP_TOLERANCE = 0.5  # pixels: boxes out of their image by less are clipped without counting (rounding)
@@ -274,8 +283,6 @@ def _yolo_names(root: Path) -> tuple[list[str], Path] | None:
     for yaml_name in ("data.yaml", "dataset.yaml"):
         path = root / yaml_name
         if path.is_file():
-            from visattn.config import ConfigError, load_yaml
-
             try:
                 names = (load_yaml(read_label_text(path, "yolo"), source=str(path)) or {}).get("names")
             except (ConfigError, AttributeError) as err:

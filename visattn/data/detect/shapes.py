@@ -24,6 +24,7 @@ import numpy as np
 
 from visattn.data.base import SPLITS, DataError, check
 from visattn.data.digits import digit_glyphs, digit_split
+from visattn.paths import cache_dir as user_cache_dir
 
 SHAPES_VERSION = 1
 SHAPES_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "digit")
@@ -85,9 +86,7 @@ def default_cache_root() -> Path:
     repo = Path(__file__).resolve().parents[3]  # visattn/data/detect/shapes.py -> the checkout
     if (repo / "pyproject.toml").is_file() and (repo / "visattn").is_dir():
         return repo / "data_cache"
-    from visattn.perf import cache_dir
-
-    return cache_dir() / "data"
+    return user_cache_dir() / "data"
 
 
 # ---------------------------------------------------------------- rendering
