@@ -613,7 +613,7 @@ def read_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     FIFOs, bounded YAML)."""
     config = load_record(run_dir / "config.yaml")
     if config is None:
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by tools/train.py")
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); runs are made by visattn train")
     try:
         metrics = json.loads(read_file(run_dir / "metrics.json"))
     except FileNotFoundError:
