@@ -194,7 +194,9 @@ CHOICES = ("export folder", ".onnx", "TorchScript")
     (not_torchscript, None, ["is not a TorchScript model", "torch.save file", "model.torchscript.pt"]),
     (lone_onnx, None, ["model.json not found", "lone", *CHOICES]),
     (lambda export, tmp: export.parent, None, ["is a run directory, not an export", "visattn export --run"]),
-], ids=["text-file", "broken-png", "missing-image", "checkpoint", "not-torchscript", "no-model-json", "run-dir"])
+    (lambda export, tmp: tmp / "model.onnx", None, ["model.onnx not found", *CHOICES]),
+], ids=["text-file", "broken-png", "missing-image", "checkpoint", "not-torchscript", "no-model-json", "run-dir",
+        "missing-model"])
 def test_bad_input_is_one_paragraph_naming_the_choices(exported, images, tmp_path, capsys, make_model, make_images,
                                                       expected):
     model = make_model(exported, tmp_path) if make_model else exported

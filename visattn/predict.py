@@ -178,15 +178,13 @@ def model_file(model_path: str | Path) -> Path:
                 return path if name == "model.safetensors" else path / name
         raise FileNotFoundError(f"export folder {path} holds no model file ({', '.join(FOLDER_MODELS)}); export the "
                                 "run again")
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {path} not found; give {MODEL_CHOICES}")
     if path.name == "model.safetensors":
         return model_file(path.parent)
     if path.suffix not in (".onnx", ".pt"):
-        raise ConfigError(f"--model {path}: cannot predict with a {path.suffix or 'suffix-less'!s} file; give "
+        raise ConfigError(f"--model {path}: cannot predict with a {path.suffix or 'suffix-less'} file; give "
                           f"{MODEL_CHOICES}. A training checkpoint is exported first: visattn export --run <run dir>")
-    if not path.is_file():
-        kind = "ONNX" if path.suffix == ".onnx" else "TorchScript"
-        raise FileNotFoundError(f"{kind} model {path} not found (visattn export --format "
-                                f"{'onnx' if kind == 'ONNX' else 'torchscript'} writes it)")
     return path
 
 
