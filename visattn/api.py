@@ -23,6 +23,7 @@ from visattn.config import TrainConfig, make_config, read_yaml, resolve_config
 from visattn.data.base import pil_to_rgb
 from visattn.data.detect.transforms import letterbox, unletterbox
 from visattn.data.transforms import build_eval_transform
+from visattn.errors import BadArgumentError, BadValueError
 from visattn.export import load as load_module
 from visattn.export import load_run, read_export_values
 from visattn.models.detector import postprocess
@@ -118,7 +119,7 @@ class Predictor:
     def __call__(self, images: Any, **options: Any) -> Any:
         if isinstance(images, torch.Tensor):
             if options:
-                raise TypeError(f"options {sorted(options)} apply to images, not to a preprocessed tensor")
+                raise BadArgumentError(f"options {sorted(options)} apply to images, not to a preprocessed tensor")
             return self.module(images)
         return self.predict(images, **options)
 
@@ -128,7 +129,7 @@ class Predictor:
         class count). Detection: boxes scoring at least ``conf`` (default: the export's threshold)."""
         items = expand_images(images)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise BadValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         out: list[Any] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
@@ -139,7 +140,7 @@ class Predictor:
     def _classify(self, rgb: list[tuple[str | None, np.ndarray]], top_k: int) -> list[Classification]:
 
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+            raise BadValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         transform = build_eval_transform(img_size=self.spec["img_size"], mean=self.spec["mean"], std=self.spec["std"])
         batch = torch.stack([transform(image=image)["image"] for _, image in rgb])  # (n, C, S, S)
         with torch.no_grad():
@@ -156,7 +157,7 @@ class Predictor:
 
         threshold = float(self.spec.get("conf_threshold", 0.25)) if conf is None else float(conf)
         if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"conf must be in [0, 1), got {conf}")
+            raise BadValueError(f"conf must be in [0, 1), got {conf}")
         size = self.spec["img_size"]
         mean, std = np.array(self.spec["mean"], np.float32), np.array(self.spec["std"], np.float32)
         batch = []
@@ -183,8 +184,8 @@ def expand_images(images: Any) -> list[tuple[str | None, Any]]:
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
     if not isinstance(images, Iterable):
-        raise TypeError(f"images must be a path, a folder, a PIL image, an (H, W, 3) array or a list of them, got "
-                        f"{type(images).__name__}")
+        raise BadArgumentError(f"images must be a path, a folder, a PIL image, an (H, W, 3) array or a list of "
+                               f"them, got {type(images).__name__}")
     items: list[tuple[str | None, Any]] = []
     for item in images:
         if isinstance(item, (str, Path)):
@@ -198,10 +199,10 @@ def expand_images(images: Any) -> list[tuple[str | None, Any]]:
         elif isinstance(item, (Image.Image, np.ndarray)):
             items.append((None, item))
         else:
-            raise TypeError(f"cannot predict on a {type(item).__name__}: give a path, a folder, a PIL image or an "
-                            "(H, W, 3) uint8 RGB array")
+            raise BadArgumentError(f"cannot predict on a {type(item).__name__}: give a path, a folder, a PIL image "
+                                   "or an (H, W, 3) uint8 RGB array")
     if not items:
-        raise ValueError("no images given")
+        raise BadValueError("no images given")
     return items
 
 
@@ -216,7 +217,7 @@ def to_rgb(item: Any) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
+        raise BadValueError(f"an image array must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
     return array
 
 

@@ -113,8 +113,8 @@ def check_optimizer_state(path: Path, saved: Any, fresh: torch.optim.Optimizer, 
     """Refuse ``last.ckpt``'s optimiser state unless it is this run's optimiser's, over the same parameters: a state
     of another optimiser would otherwise fail inside ``fit`` (as ``KeyError: 'step'``), after the run had changed."""
 
-    def refuse(detail: str) -> ValueError:
-        return ValueError(f"cannot resume from {path}: its optimiser state does not belong to this run's optimiser "
+    def refuse(detail: str) -> ConfigError:
+        return ConfigError(f"cannot resume from {path}: its optimiser state does not belong to this run's optimiser "
                           f"{name!r} over this model ({detail}); nothing was changed. Start again with --overwrite, "
                           "or resume with the optimiser the run was trained with")
 
