@@ -240,7 +240,7 @@ def make_loggers(config: TrainConfig, run_dir: Path) -> list[Logger]:
     if "tensorboard" in names:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(run_dir, name=TENSORBOARD_DIR, version=""))
+        loggers.append(TensorBoardLogger(run_dir, name=TENSORBOARD_DIR, version="", default_hp_metric=False))
     if "mlflow" in names:
         from lightning.pytorch.loggers import MLFlowLogger
 
