@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visattn.config import ConfigError, check_name, held_notices
+from visattn.config import ConfigError, check_name, held_notices, logger_names, require_loggers
 from visattn.data.datamodule import available_cpus
 from visattn.errors import UnknownNameError
 from visattn.extras import require
@@ -278,6 +278,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     # checked before any run trains: the report's statistics and plots need them at the end
     require("scipy", purpose="the sweep's statistics")
     require("matplotlib", purpose="the sweep's plots")
+    require_loggers([name for plan in plans for name in logger_names(plan.values.get("logger", "csv"))])
     say = print if echo else (lambda *a, **k: None)
     with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
         added = check_sweep_file(sweep_dir, spec, plans, sweep_id=claim.sweep_id)
