@@ -336,10 +336,10 @@ def test_profile_training_reports_the_ruler_for_a_tiny_model(monkeypatch):
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 2), (64, 8)])
 def test_sweep_runs_one_single_thread_run_per_core_by_default(monkeypatch, cpus, expected):
     from visattn.cli.sweep import build_parser
-    from visattn.data import datamodule
+    from visattn.sweep import execute
     from visattn.sweep.execute import default_workers
 
-    monkeypatch.setattr(datamodule, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(execute, "available_cpus", lambda: cpus)  # the name execute.py imported
     assert default_workers() == expected
     assert build_parser().parse_args([]).workers is None  # resolved to default_workers() when the sweep starts
 

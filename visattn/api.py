@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from visattn.config import TrainConfig, make_config, read_yaml, resolve_config
+from visattn.errors import BadArgumentError
 from visattn.export import load as load_module
 from visattn.export import load_run, read_export_values
 from visattn.predict import (
@@ -94,7 +95,7 @@ class Predictor:
     def __call__(self, images: Any, **options: Any) -> Any:
         if isinstance(images, torch.Tensor):
             if options:
-                raise TypeError(f"options {sorted(options)} apply to images, not to a preprocessed tensor")
+                raise BadArgumentError(f"options {sorted(options)} apply to images, not to a preprocessed tensor")
             return self.module(images)
         return self.predict(images, **options)
 

@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from visattn.errors import ConfigError
+from visattn.extras import require
 from visattn.registry import did_you_mean
 from visattn.safe_yaml import MAX_YAML_BYTES, load_yaml
 
@@ -48,7 +49,8 @@ ANNOUNCE_SIZE = ("imagefolder", "coco", "yolo")
 # What a resume may change: how and how long it trains, never what it trains. Everything else (architecture, data,
 # task, seed, optimiser, precision, trainer arguments) is the run's identity and must match its config.yaml.
 SAFE_ON_RESUME = ("epochs", "devices", "accelerator", "strategy", "num_nodes", "num_workers", "early_stopping",
-                  "visualize_every", "channels_last", "compile")  # the last two: memory layout and compilation only
+                  "visualize_every", "channels_last", "compile",  # these two: memory layout and compilation only
+                  "logger")  # where the metrics are also sent; logs/metrics.csv goes on either way
 LOCATION_KEYS = ("out", "name", "resume", "overwrite", "run_id")  # where a run is and how it was reached, not what
 # it is
 VERIFY_IMAGES = ("quick", "full")  # the up-front scan of image files: headers and checksums, or every pixel decoded
@@ -58,6 +60,9 @@ ATTN_INITS = ("auto", "paper", "identity")
 FREEZE_CHOICES = ("none", "backbone")  # visattn.tasks.finetune
 # What ``visattn export`` makes (visattn.export); here so that its --help imports no torch.
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+# Lightning's loggers a run can write to (visattn.training.make_loggers). "csv" is always on: results.png and the
+# sweep's reports read <run>/logs/metrics.csv. The others need their extra (pip install 'visattn[<name>]').
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
 DEFAULT_OPSET = 18
 
 
@@ -108,6 +113,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (nn.Module.compile: state-dict keys unchanged)
     trainer: dict[str, Any] = field(default_factory=dict)  # any further lightning.Trainer arguments
     visualize_every: int | None = None
+    # csv plus any of LOGGERS; a comma-separated string is accepted and stored as the list
+    logger: list[str] | str = field(default_factory=lambda: ["csv"])
     run_id: str | None = None  # written by visattn: the random id of the run directory's .visattn-run marker
 
     def run_name(self) -> str:
@@ -188,6 +195,42 @@ def check_name(name: str, *, what: str = "run") -> str:
                           f"{' '.join(NAME_SIGNS)}, not starting with '~' or '-' ({why}); use --out to choose the "
                           "parent folder")
     return name
+
+
+def logger_names(value: Any) -> list[str]:
+    """``"tensorboard"``, ``"csv,tensorboard"`` or ``["tensorboard"]`` -> ``["csv", "tensorboard"]``: csv first and
+    always (visattn reads logs/metrics.csv), then each other name once, in the order given."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"logger must be a name or a list of names out of {', '.join(LOGGERS)}, got {value!r}")
+    names = ["csv"]
+    for item in items:
+        name = item.strip() if isinstance(item, str) else item
+        if name == "":
+            continue  # "csv,tensorboard," from a shell loop
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger {name!r}.{did_you_mean(str(name), list(LOGGERS))} Valid loggers: "
+                              f"{', '.join(LOGGERS)}, comma-separated (csv is always on: results.png and sweep "
+                              "reports read logs/metrics.csv)")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+# The package each optional logger needs (visattn.extras names the extra that installs it)
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def require_loggers(logger: Any) -> None:
+    """Import the package of every logger ``logger`` names, or stop with :class:`~visattn.extras.MissingExtraError`
+    naming its extra; called before a run or sweep directory is claimed, so a missing one changes nothing.
+    MLflow (3.2 and later) sends usage telemetry unless told not to: it is told not to, before its first import,
+    unless the environment already says otherwise (visattn reaches no network by itself)."""
+    for name in logger_names(logger):
+        if name in LOGGER_PACKAGES:
+            if name == "mlflow":
+                os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            require(LOGGER_PACKAGES[name], purpose=f"--logger {name}")
 
 
 def check_keys(values: Mapping[str, Any], source: str) -> None:
@@ -391,6 +434,7 @@ def make_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], *,
     check_types(config)
     if config.name is not None:
         check_name(config.name)
+    config.logger = logger_names(config.logger)
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; valid tasks: {', '.join(TASKS)}")
     defaults = TASK_DEFAULTS[config.task]

@@ -24,7 +24,7 @@ from visattn.data.base import DECODE_ERRORS, IMAGE_EXTENSIONS, DataError, over_p
 from visattn.data.datamodule import image_files
 from visattn.data.detect.transforms import letterbox, unletterbox
 from visattn.data.transforms import build_eval_transform
-from visattn.errors import BadValueError, ConfigError, ExportError
+from visattn.errors import BadArgumentError, BadValueError, ConfigError, ExportError
 from visattn.export import read_export_values
 from visattn.extras import require
 from visattn.rundir import check_output_dir, check_output_file, claim_output_dir, write_atomic
@@ -100,8 +100,8 @@ def expand_images(images: Any) -> list[tuple[str | None, Any]]:
     if isinstance(images, (str, Path, Image.Image, np.ndarray)):
         images = [images]
     if not isinstance(images, Iterable):
-        raise TypeError(f"images must be a path, a folder, a PIL image, an (H, W, 3) array or a list of them, got "
-                        f"{type(images).__name__}")
+        raise BadArgumentError(f"images must be a path, a folder, a PIL image, an (H, W, 3) array or a list of "
+                               f"them, got {type(images).__name__}")
     items: list[tuple[str | None, Any]] = []
     for item in images:
         if isinstance(item, (str, Path)):
@@ -109,10 +109,10 @@ def expand_images(images: Any) -> list[tuple[str | None, Any]]:
         elif isinstance(item, (Image.Image, np.ndarray)):
             items.append((None, item))
         else:
-            raise TypeError(f"cannot predict on a {type(item).__name__}: give a path, a folder, a PIL image or an "
-                            "(H, W, 3) uint8 RGB array")
+            raise BadArgumentError(f"cannot predict on a {type(item).__name__}: give a path, a folder, a PIL image "
+                                   "or an (H, W, 3) uint8 RGB array")
     if not items:
-        raise ValueError("no images given")
+        raise BadValueError("no images given")
     return items
 
 
@@ -129,7 +129,7 @@ def to_rgb(item: Any, *, img_size: int | None = None) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
+        raise BadValueError(f"an image array must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
     return array
 
 

@@ -263,31 +263,39 @@ def is_train_config(values: dict[str, Any]) -> bool:
     return True
 
 
-def run_proof(folder: Path) -> str | None:
-    """Why ``folder`` is not a run directory visattn made, or None when it is.
+def marker_proof(folder: Path, *, marker: str, record_file: str, id_key: str,
+                 legacy: Callable[[dict[str, Any]], str | None]) -> str | None:
+    """Why ``folder`` is not a directory visattn made, or None when it is: the proof shared by runs and sweeps.
 
-    Proof: the ``.visattn-run`` marker's id equals config.yaml's ``run_id``; or, for a run made before the id
-    existed, a config.yaml without ``run_id`` that parses as a whole TrainConfig. A marker alone proves nothing (a
-    run stopped during its set-up holds nothing else, and such a folder is adopted as empty: ``claim_run_dir``).
+    Proof: the ``marker``'s id equals the ``record_file``'s ``id_key``; or, for a folder made before the id existed,
+    a record without ``id_key`` that ``legacy(record)`` accepts (it returns None, else why not). A marker alone
+    proves nothing; neither does a link.
     """
     if folder.is_symlink():
         return "it is a symbolic link"
     if not folder.is_dir():
         return "it is not a folder"
     try:
-        ident = marker_id(folder, RUN_MARKER)
-        record = load_record(folder / "config.yaml")
+        ident = marker_id(folder, marker)
+        record = load_record(folder / record_file)
     except ConfigError as err:
         return str(err)
     if record is None:
-        return "it has no config.yaml" + ("" if ident else f" and no {RUN_MARKER} marker with an id")
-    recorded = record.get("run_id")
+        return f"it has no {record_file}" + ("" if ident else f" and no {marker} marker with an id")
+    recorded = record.get(id_key)
     if recorded:
         return None if ident and recorded == ident else (
-            f"its config.yaml records run_id {recorded!r}, which its {RUN_MARKER} marker does not hold")
-    if is_train_config(record):
-        return None
-    return "its config.yaml is not a visattn run's (it does not parse as a whole TrainConfig)"
+            f"its {record_file} records {id_key} {recorded!r}, which its {marker} marker does not hold")
+    return legacy(record)
+
+
+def run_proof(folder: Path) -> str | None:
+    """Why ``folder`` is not a run directory visattn made, or None when it is (:func:`marker_proof`; a run made
+    before the id existed proves itself by a config.yaml that parses as a whole TrainConfig). A run stopped during
+    its set-up holds only its marker; such a folder is adopted as empty by ``claim_run_dir``."""
+    return marker_proof(folder, marker=RUN_MARKER, record_file=CONFIG_FILE, id_key="run_id", legacy=lambda record: (
+        None if is_train_config(record) else
+        f"its {CONFIG_FILE} is not a visattn run's (it does not parse as a whole TrainConfig)"))
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -16,7 +17,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from visattn.config import (
     LOCATION_KEYS,
@@ -27,7 +28,9 @@ from visattn.config import (
     check_name,
     effective_init,
     global_rank,
+    logger_names,
     make_config,
+    require_loggers,
 )
 from visattn.extras import require
 from visattn.models.weights import measure_output_change
@@ -38,6 +41,7 @@ from visattn.rundir import (
     CHECKPOINTS,
     CONFIG_FILE,
     ERROR_FILE,
+    LOGS,
     METRICS_FILE,
     RUN_MARKER,
     START_FILE,
@@ -113,8 +117,8 @@ def check_optimizer_state(path: Path, saved: Any, fresh: torch.optim.Optimizer, 
     """Refuse ``last.ckpt``'s optimiser state unless it is this run's optimiser's, over the same parameters: a state
     of another optimiser would otherwise fail inside ``fit`` (as ``KeyError: 'step'``), after the run had changed."""
 
-    def refuse(detail: str) -> ValueError:
-        return ValueError(f"cannot resume from {path}: its optimiser state does not belong to this run's optimiser "
+    def refuse(detail: str) -> ConfigError:
+        return ConfigError(f"cannot resume from {path}: its optimiser state does not belong to this run's optimiser "
                           f"{name!r} over this model ({detail}); nothing was changed. Start again with --overwrite, "
                           "or resume with the optimiser the run was trained with")
 
@@ -220,6 +224,38 @@ def apply_speed_options(module: L.LightningModule, config: TrainConfig) -> L.Lig
     return module
 
 
+TENSORBOARD_DIR, MLFLOW_DIR = "tb", "mlruns"  # inside the run directory; W&B makes its own "wandb" folder there
+
+
+def make_loggers(config: TrainConfig, run_dir: Path) -> list[Logger]:
+    """Lightning's loggers of ``config.logger``, each writing inside ``run_dir`` (Lightning logs on rank 0 only).
+
+    CSV always, first (``logs/metrics.csv``: results.png, sweep reports, resume's ``metrics.partN.csv``);
+    TensorBoard into ``tb/``; MLflow into the local file store ``mlruns/`` unless ``MLFLOW_TRACKING_URI`` names
+    another (experiment and run named after the run); W&B offline into ``wandb/`` unless ``WANDB_MODE`` is set
+    (project ``WANDB_PROJECT``, else ``visattn``). A resumed run starts a new MLflow or W&B run."""
+    names = logger_names(config.logger)
+    require_loggers(names)
+    loggers: list[Logger] = [CSVLogger(run_dir, name=LOGS, version="")]
+    if "tensorboard" in names:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir, name=TENSORBOARD_DIR, version="", default_hp_metric=False))
+    if "mlflow" in names:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / MLFLOW_DIR).resolve().as_uri()
+        loggers.append(MLFlowLogger(experiment_name=run_dir.name, run_name=run_dir.name, tracking_uri=tracking_uri))
+    if "wandb" in names:
+        from lightning.pytorch.loggers import WandbLogger
+
+        # mode goes on to wandb.init; None leaves it to WANDB_MODE
+        loggers.append(WandbLogger(name=run_dir.name, save_dir=str(run_dir),
+                                   project=os.environ.get("WANDB_PROJECT") or "visattn",
+                                   mode=None if os.environ.get("WANDB_MODE") else "offline"))
+    return loggers
+
+
 def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tuple[L.Trainer, ThroughputMonitor]:
     """The Trainer with checkpoints, logs and callbacks in ``run_dir``; writes nothing there yet."""
     # precision "auto" is resolved here, for this machine; metrics.json records the choice and the reason
@@ -244,14 +280,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> tupl
         from visattn.viz.callback import AttentionFigures
 
         callbacks.append(AttentionFigures(every_n_epochs=config.visualize_every, out_dir=run_dir / "figures"))
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="")]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(run_dir, name="tb", version=""))
-    except ImportError:
-        pass
+    loggers = make_loggers(config, run_dir)
     progress = sys.stdout is not None and sys.stdout.isatty()  # None: started with stdout closed
     if progress:  # a bar with the epoch line's columns, and the epoch line above it at each epoch's end
         callbacks.append(EpochBar(throughput, monitor=monitor))
@@ -284,6 +313,7 @@ def prepare(config: TrainConfig) -> PreparedRun:
     run whose ``epochs`` was not raised raises ``RunFinished`` and changes nothing.
     """
     quiet_lightning()  # every run, also a sweep's and a library call's
+    require_loggers(config.logger)  # a missing logger package stops here, before the run directory is claimed
     run_dir = run_dir_of(config)
     last = run_dir / CHECKPOINTS / "last.ckpt"
     # a resumed model takes every weight from last.ckpt: the pretrained file need not exist any more

@@ -20,6 +20,7 @@ from visattn.config import (
     ATTN_INITS,
     DATA_IMG_SIZE,
     FREEZE_CHOICES,
+    LOGGERS,
     OPTIMIZER_DEFAULTS,
     SAFE_ON_RESUME,
     TASK_DEFAULTS,
@@ -139,6 +140,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--channels-last", action="store_true", default=None, help="NHWC memory layout (default: off)")
     add("--compile", action="store_true", default=None, help="torch.compile the model (default: off)")
     add("--visualize-every", type=int, metavar="N", help="save attention figures every N epochs (default: never)")
+    add("--logger", metavar="NAMES", help=f"where the metrics also go, comma-separated: {', '.join(LOGGERS)}. csv "
+                                          "(<run>/logs/metrics.csv) is always on, since results.png and sweep "
+                                          "reports read it: 'tensorboard' means csv+tensorboard (<run>/tb); mlflow "
+                                          "logs to a local store <run>/mlruns (unless MLFLOW_TRACKING_URI is set), "
+                                          "wandb offline into <run>/wandb (unless WANDB_MODE is set); each but csv "
+                                          "needs its extra: pip install 'visattn[NAME]' (default: csv)")
     add("--set", action="append", metavar="KEY=VALUE", help="any other config key (repeatable), e.g. "
                                                             "backbone_args.base_width=32")
     add("--trainer", action="append", metavar="KEY=VALUE", help="any other lightning.Trainer argument (repeatable)")
@@ -213,6 +220,7 @@ examples:
   {prog} --backbone resnet50 --attn se --data imagefolder --data-dir ~/pets   # 224 px
   {prog} --task detect --backbone csp_n --attn eca                            # built-in shapes, 160 px
   {prog} --config shapes_csp_n_eca --print-config                             # the resolved config, no training
+  {prog} --backbone resnet18 --attn se --logger tensorboard                   # + TensorBoard in <run>/tb
 
 Precedence: flags, then the --config file, then the defaults shown above. The run directory
 <out>/<name>/ gets config.yaml (resolved), checkpoints/, logs/ and metrics.json.

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from visattn.config import ConfigError, check_name, held_notices
+from visattn.config import ConfigError, check_name, held_notices, logger_names, require_loggers
 from visattn.data.datamodule import available_cpus
 from visattn.errors import UnknownNameError
 from visattn.extras import require
@@ -24,8 +25,8 @@ from visattn.rundir import (
     create_marker,
     ensure_marker,
     is_regular,
-    load_record,
     marker_id,
+    marker_proof,
     read_metrics,
     remove_created,
     renew_marker,
@@ -117,30 +118,21 @@ def _is_empty(folder: Path) -> bool:
 
 
 def sweep_proof(sweep_dir: Path) -> str | None:
-    """Why ``sweep_dir`` is not a sweep directory visattn made, or None when it is.
+    """Why ``sweep_dir`` is not a sweep directory visattn made, or None when it is (``visattn.rundir.marker_proof``;
+    a sweep made before the id existed proves itself by a sweep.json whose spec expands to exactly the runs it
+    lists: a lookalike sweep.json proves nothing)."""
 
-    Proof: the marker's id equals sweep.json's ``sweep_id``; or, for a sweep made before the id existed, a
-    sweep.json without ``sweep_id`` that reads as a whole sweep: its spec expands to exactly the runs it lists. A
-    lookalike sweep.json, or a marker alone, proves nothing.
-    """
-    try:
-        ident = marker_id(sweep_dir, MARKER)
-        record = load_record(sweep_dir / "sweep.json")
-    except ConfigError as err:
-        return str(err)
-    if record is None:
-        return "it has no sweep.json" + ("" if ident else f" and no {MARKER} marker with an id")
-    recorded = record.get("sweep_id")
-    if recorded:
-        return None if ident and recorded == ident else (
-            f"its sweep.json records sweep_id {recorded!r}, which its {MARKER} marker does not hold")
-    try:
-        spec, plans = read_sweep_file(sweep_dir)
-        with held_notices():  # a check, not a start: no notes of the defaults the spec picks
-            same = [p.run_id for p in plans] == [p.run_id for p in expand(spec)]
-    except (ConfigError, KeyError, TypeError, ValueError, AttributeError, OSError):
-        same = False
-    return None if same else "its sweep.json is not a visattn sweep's (its spec does not expand to its runs)"
+    def expands_to_its_runs(record: dict[str, Any]) -> str | None:
+        try:
+            spec, plans = read_sweep_file(sweep_dir)
+            with held_notices():  # a check, not a start: no notes of the defaults the spec picks
+                same = [p.run_id for p in plans] == [p.run_id for p in expand(spec)]
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError, OSError):
+            same = False
+        return None if same else "its sweep.json is not a visattn sweep's (its spec does not expand to its runs)"
+
+    return marker_proof(sweep_dir, marker=MARKER, record_file="sweep.json", id_key="sweep_id",
+                        legacy=expands_to_its_runs)
 
 
 @dataclass
@@ -286,6 +278,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "runs/sweeps", name: str | N
     # checked before any run trains: the report's statistics and plots need them at the end
     require("scipy", purpose="the sweep's statistics")
     require("matplotlib", purpose="the sweep's plots")
+    require_loggers([name for plan in plans for name in logger_names(plan.values.get("logger", "csv"))])
     say = print if echo else (lambda *a, **k: None)
     with claim_sweep_dir(sweep_dir, overwrite=overwrite) as claim:
         added = check_sweep_file(sweep_dir, spec, plans, sweep_id=claim.sweep_id)

@@ -17,9 +17,9 @@ class AttentionFigures(L.Callback):
     """Write ``visattn.viz.write_figures`` output to ``out_dir/epoch_XXX/`` (0-based epoch) every ``every_n_epochs``.
 
     The images are the first ``n_images`` of the data module's ``split`` (read once through its
-    ``raw_samples``); figures also go to a TensorBoard logger when one is attached. Runs on global rank 0,
-    in eval mode, without touching gradients or the random state. A figure that fails to draw is
-    reported as a warning (``failures`` keeps the messages) and training goes on.
+    ``raw_samples``); figures also go to a TensorBoard logger when one is attached (``--logger tensorboard``).
+    Runs on global rank 0, in eval mode, without touching gradients or the random state. A figure that fails to
+    draw is reported as a warning (``failures`` keeps the messages) and training goes on.
     """
 
     def __init__(
@@ -80,11 +80,8 @@ class AttentionFigures(L.Callback):
         self.log_to_tensorboard(trainer, paths)
 
     def log_to_tensorboard(self, trainer: L.Trainer, paths: list[Path]) -> None:
-        try:
-            import tensorboard  # noqa: F401
-            from lightning.pytorch.loggers import TensorBoardLogger
-        except ImportError:
-            return
+        from lightning.pytorch.loggers import TensorBoardLogger  # imports no tensorboard: --logger tensorboard did
+
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
