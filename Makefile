@@ -13,9 +13,10 @@ setup: $(DEV_STAMP)
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 
-# make run: visattn and what training needs, no development tools
+# make run: visattn, what training needs and matplotlib (the [viz] extra: the run's results.png, confusion matrix),
+# no development tools
 $(STAMP): pyproject.toml constraints.txt | .venv/bin/python
-	$(PIP) -e .
+	$(PIP) -e ".[viz]"
 	touch $(STAMP)
 
 # make test / lint: every extra (ONNX export, detection mAP, sweeps, figures) and pytest, ruff
