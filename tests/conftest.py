@@ -35,3 +35,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("tiny-run")
     metrics = train(make_config({}, {**TINY_RUN, "out": str(out), "name": "run"}))
     return out / "run", metrics, dict(TINY_RUN)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny convs run
+    fastest on one thread, and the CI machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,13 +25,7 @@ TINY_BACKBONES = {  # backbone -> (args, stride-8/16/32 input channels the neck 
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run fastest on one thread
 
 
 def toy_batch() -> tuple[torch.Tensor, list[dict]]:

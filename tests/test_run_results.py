@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from visattn.cli.train import main as train_main
 from visattn.results import NO_MATPLOTLIB, epoch_history, format_test_metrics
@@ -16,12 +15,7 @@ TINY = ["--data", "digits", "--img-size", "16", "--epochs", "2", "--batch-size",
         "--num-workers", "0", "--precision", "32", "--set", "backbone_args.base_width=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run fastest on one thread
 
 
 def test_size_maps_are_printed_only_where_the_split_has_such_objects():

@@ -39,13 +39,7 @@ ROLE_GLOBS = {"input": "input", "stage": "stages.[0-9].slot", "after_block": "st
               "block": "stages.*.blocks.*.branch"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs run fastest on one thread, and the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run fastest on one thread
 
 
 def build(name: str, **kwargs) -> TimmBackbone:

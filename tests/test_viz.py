@@ -27,12 +27,7 @@ BLOCK_KEYS = {"se": {"channel"}, "eca": {"channel"}, "channel_gate": {"channel"}
               "cbam": {"channel", "spatial"}, "stn": {"theta", "grid", "samples"}, "mhsa": {"attn", "mass"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run fastest on one thread
 
 
 def tiny(family: str, attn, size: int = 32) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -300,14 +300,17 @@ def parse_value(text: str) -> Any:
         raise
 
 
-def key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """Repeated ``KEY=VALUE`` flags -> ``{key: parsed value}``; dashes in keys become underscores."""
+def key_values(items: Sequence[str] | None, flag: str, *, parse: Callable[[str], Any] | None = None,
+               form: str = "KEY=VALUE") -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` flags -> ``{key: parse(value)}`` (default :func:`parse_value`); dashes in keys become
+    underscores. ``form`` names the expected shape in the error."""
+    parse = parse or parse_value
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects {form}, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = parse_value(value)
+        out[key.strip().replace("-", "_")] = parse(value)
     return out
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from visattn.cli.main import add_version
 from visattn.config import TASKS, check_name, key_values, parse_value, read_yaml, resolve_config
-from visattn.errors import ConfigError
 
 EPILOG = """\
 examples:
@@ -48,13 +47,7 @@ def split_values(text: str) -> list[Any]:
 
 
 def grid_values(items: Sequence[str] | None) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--grid expects KEY=V1,V2,..., got {item!r}")
-        key, values = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = split_values(values)
-    return out
+    return key_values(items, "--grid", parse=split_values, form="KEY=V1,V2,...")
 
 
 def build_parser(prog: str = "visattn sweep") -> argparse.ArgumentParser:
